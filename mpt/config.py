@@ -1,0 +1,438 @@
+"""tunnel.conf: the per-router configuration file.
+
+The parser is hand-written (not configparser) so that every error can name the
+file, line, section and key it is about, in exactly one line:
+
+    /etc/mpt/tunnel.conf:12: [path wan2] weight: must be a positive number, got '-1'
+
+Parsing happens in two passes: the first splits the text into sections and
+key/value pairs (syntax errors, unknown/duplicate sections and keys); the second
+checks each value and the rules that tie keys together (roles, peers, families).
+See docs/CONFIG.md for the file format.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ROLES = ("client", "server")
+SCHEDULERS = ("weighted",)
+MAX_PATHS = 16
+MAX_WEIGHT = 1000.0
+MTU_MIN, MTU_MAX = 576, 1900
+HOLD_TIME_RANGE = (0.001, 2.0)  # seconds
+KEEPALIVE_RANGE = (0.05, 60.0)  # seconds
+DEFAULT_KEEPALIVE = 1.0
+DEFAULT_NAME = "mpt0"
+
+TUNNEL_KEYS = (
+    "name", "address", "role", "peer", "listen", "mtu", "scheduler",
+    "control", "routes", "hold_time", "keepalive",
+)
+PATH_KEYS = ("interface", "local", "peer", "weight")
+
+_PATH_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+# An inline comment needs whitespace before it, so values like "a#b" survive.
+_INLINE_COMMENT = re.compile(r"\s[;#]")
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?", re.ASCII)
+_DECIMAL = re.compile(r"[+-]?(\d+(?:\.\d*)?|\.\d+)", re.ASCII)
+
+
+class ConfigError(ValueError):
+    """A problem with a config file; str() is always a single line."""
+
+    def __init__(self, message: str):
+        # Values and file names come from user input: keep the promise of one line.
+        super().__init__(" ".join(message.splitlines()))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: IPAddress | None  # None only for a bare-port `listen`
+    port: int
+
+    def __str__(self) -> str:
+        if self.host is None:
+            return f"*:{self.port}"
+        if self.host.version == 6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PathConfig:
+    name: str
+    interface: str | None
+    local: IPAddress | None
+    peer: Endpoint | None  # effective peer: the path's own or the tunnel's
+    weight: float
+    line: int  # line of the [path NAME] header, for later diagnostics
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    source: str
+    name: str
+    addresses: tuple[IPInterface, ...]
+    role: str
+    peer: Endpoint | None
+    listen: Endpoint | None
+    mtu: int | None  # None: the daemon computes it from the paths
+    scheduler: str
+    control: str
+    routes: tuple[IPNetwork, ...]
+    hold_time: float | None  # seconds; None: derived at runtime
+    keepalive: float  # seconds
+    paths: tuple[PathConfig, ...]
+
+
+# --- value parsers (raise ValueError with a short message) -------------------
+
+
+def parse_duration(text: str) -> float:
+    """Parse a duration into seconds.
+
+    Accepts "50ms", "0.05s" and a plain number, which means milliseconds
+    ("50" == 50ms), since that is the natural unit for the timers it sets.
+    """
+    m = _DURATION.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"expected a duration like 50ms or 0.5s, got {text!r}")
+    number, unit = float(m.group(1)), m.group(2) or "ms"
+    # Divide rather than multiply by 0.001 so that "50ms" == 0.05 exactly.
+    return number / 1000 if unit == "ms" else number
+
+
+def parse_endpoint(text: str, default_host: str | IPAddress | None = None) -> Endpoint:
+    """Parse "IPv4:port", "[IPv6]:port" or a bare "port".
+
+    A bare port gets default_host as its host (None unless given).
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("empty address")
+    if _is_uint(text):
+        host = ipaddress.ip_address(default_host) if default_host is not None else None
+        return Endpoint(host, _port(text))
+    if text.startswith("["):
+        addr, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"expected [IPv6]:port, got {text!r}")
+        host = _ip(addr)
+        if host.version != 6:
+            raise ValueError(f"brackets are for IPv6 addresses, got {text!r}")
+        return Endpoint(host, _port(port))
+    if text.count(":") > 1:
+        raise ValueError(f"an IPv6 address needs brackets: [addr]:port, got {text!r}")
+    addr, sep, port = text.partition(":")
+    if not sep:
+        raise ValueError(f"missing port: expected IPv4:port or [IPv6]:port, got {text!r}")
+    return Endpoint(_ip(addr), _port(port))
+
+
+def _is_uint(text: str) -> bool:
+    # str.isdigit() alone would accept non-ASCII digits such as '²'.
+    return text.isascii() and text.isdigit()
+
+
+def _ip(text: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ValueError(f"not an IP address: {text.strip()!r}") from None
+
+
+def _port(text: str) -> int:
+    if not _is_uint(text) or not 1 <= int(text) <= 65535:
+        raise ValueError(f"port must be 1..65535, got {text!r}")
+    return int(text)
+
+
+def _ifname(text: str) -> str:
+    # Linux rules (dev_valid_name): IFNAMSIZ-1 bytes, no '/', ':' or whitespace.
+    if not 1 <= len(text.encode()) <= 15:
+        raise ValueError(f"interface name must be 1..15 bytes, got {text!r}")
+    if text in (".", "..") or any(c in "/:" or c.isspace() for c in text):
+        raise ValueError(f"invalid interface name {text!r} (no '/', ':' or whitespace)")
+    return text
+
+
+def _list(text: str, parse, what: str) -> tuple:
+    items = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"empty item in comma-separated list {text!r}")
+        try:
+            item = parse(part)
+        except ValueError:
+            raise ValueError(f"{part!r} is not {what}") from None
+        if item in items:
+            raise ValueError(f"{part!r} is listed twice")
+        items.append(item)
+    return tuple(items)
+
+
+def _addresses(text: str) -> tuple:
+    return _list(text, ipaddress.ip_interface, "an address/prefix like 10.77.0.1/30")
+
+
+def _routes(text: str) -> tuple:
+    # strict: "10.0.0.1/24" is probably a typo for an address, so refuse it.
+    return _list(text, lambda s: ipaddress.ip_network(s, strict=True),
+                 "a prefix like 198.18.200.0/24 (host bits must be zero)")
+
+
+def _choice(allowed: tuple[str, ...]):
+    def check(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"must be one of: {', '.join(allowed)}; got {text!r}")
+        return text
+    return check
+
+
+def _mtu(text: str) -> int:
+    if not _is_uint(text) or not MTU_MIN <= int(text) <= MTU_MAX:
+        raise ValueError(f"must be an integer {MTU_MIN}..{MTU_MAX}, got {text!r}")
+    return int(text)
+
+
+def _abspath(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {text!r}")
+    return text
+
+
+def _duration_in(lo: float, hi: float):
+    def check(text: str) -> float:
+        value = parse_duration(text)
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {_fmt_s(lo)} and {_fmt_s(hi)}, got {text!r}")
+        return value
+    return check
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
+
+
+def _weight(text: str) -> float:
+    if not _DECIMAL.fullmatch(text) or float(text) <= 0:
+        raise ValueError(f"must be a positive number, got {text!r}")
+    value = float(text)
+    if not math.isfinite(value) or value > MAX_WEIGHT:
+        raise ValueError(f"must be at most {MAX_WEIGHT:g}, got {text!r}")
+    return value
+
+
+# --- first pass: sections and keys ---------------------------------------------
+
+
+@dataclass
+class _Section:
+    title: str  # "tunnel" or "path NAME", as shown in messages
+    line: int
+    values: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (value, line)
+
+
+class _Parser:
+    def __init__(self, text: str, source: str):
+        self.source = source
+        self.tunnel: _Section | None = None
+        self.paths: dict[str, _Section] = {}
+        self._scan(text)
+
+    def error(self, line: int | None, section: _Section | None, key: str | None,
+              message: str) -> ConfigError:
+        where = [self.source if line is None else f"{self.source}:{line}"]
+        label = " ".join(([f"[{section.title}]"] if section else []) + ([key] if key else []))
+        if label:
+            where.append(label)
+        return ConfigError(f"{': '.join(where)}: {message}")
+
+    def _scan(self, text: str) -> None:
+        section: _Section | None = None
+        # split("\n") rather than splitlines(): line numbers must match editors'.
+        for lineno, raw in enumerate(text.split("\n"), start=1):
+            line = raw.strip()
+            if not line or line[0] in ";#":
+                continue
+            m = _INLINE_COMMENT.search(line)
+            if m:
+                line = line[: m.start()].rstrip()
+            if line.startswith("["):
+                section = self._header(line, lineno)
+                continue
+            key, sep, value = line.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not _KEY.fullmatch(key):
+                raise self.error(lineno, section, None,
+                                 f"expected 'key = value' or '[section]', got {line!r}")
+            if section is None:
+                raise self.error(lineno, None, key,
+                                 "key outside any section (put it under [tunnel] or [path NAME])")
+            allowed = TUNNEL_KEYS if section is self.tunnel else PATH_KEYS
+            if key not in allowed:
+                raise self.error(lineno, section, key,
+                                 f"unknown key (allowed: {', '.join(allowed)})")
+            if key in section.values:
+                raise self.error(lineno, section, key,
+                                 f"duplicate key (first at line {section.values[key][1]})")
+            if not value:
+                raise self.error(lineno, section, key, "empty value")
+            section.values[key] = (value, lineno)
+
+    def _header(self, line: str, lineno: int) -> _Section:
+        if not line.endswith("]"):
+            raise self.error(lineno, None, None, f"malformed section header {line!r}")
+        words = line[1:-1].split()
+        if words == ["tunnel"]:
+            if self.tunnel is not None:
+                raise self.error(lineno, self.tunnel, None,
+                                 f"duplicate section (first at line {self.tunnel.line})")
+            self.tunnel = _Section("tunnel", lineno)
+            return self.tunnel
+        if words and words[0] == "path":
+            if len(words) != 2 or not _PATH_NAME.fullmatch(words[1]):
+                raise self.error(lineno, None, None,
+                                 f"bad path section {line!r}: expected [path NAME] with "
+                                 "NAME of 1..32 characters from A-Z a-z 0-9 _ . -")
+            name = words[1]
+            if name in self.paths:
+                first = self.paths[name]
+                raise self.error(lineno, first, None,
+                                 f"duplicate section (first at line {first.line})")
+            self.paths[name] = _Section(f"path {name}", lineno)
+            return self.paths[name]
+        raise self.error(lineno, None, None,
+                         f"unknown section {line!r} (expected [tunnel] or [path NAME])")
+
+    # --- second pass: values and cross-key rules -------------------------------
+
+    def get(self, section: _Section, key: str, parse, default=None, required=False):
+        if key not in section.values:
+            if required:
+                raise self.error(section.line, section, key, "missing required key")
+            return default
+        value, lineno = section.values[key]
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise self.error(lineno, section, key, str(e)) from None
+
+    def line_of(self, section: _Section, key: str) -> int:
+        return section.values[key][1]
+
+    def build(self) -> TunnelConfig:
+        t = self.tunnel
+        if t is None:
+            if not self.paths:
+                raise self.error(None, None, None, "empty config: expected a [tunnel] section")
+            raise self.error(None, None, None, "missing [tunnel] section")
+
+        name = self.get(t, "name", _ifname, DEFAULT_NAME)
+        addresses = self.get(t, "address", _addresses, required=True)
+        role = self.get(t, "role", _choice(ROLES), required=True)
+        peer = self.get(t, "peer", self._peer)
+        listen = self.get(t, "listen", parse_endpoint)
+        mtu = self.get(t, "mtu", _mtu)
+        scheduler = self.get(t, "scheduler", _choice(SCHEDULERS), "weighted")
+        control = self.get(t, "control", _abspath, f"/run/mpt/{name}.sock")
+        routes = self.get(t, "routes", _routes, ())
+        hold_time = self.get(t, "hold_time", _duration_in(*HOLD_TIME_RANGE))
+        keepalive = self.get(t, "keepalive", _duration_in(*KEEPALIVE_RANGE),
+                             DEFAULT_KEEPALIVE)
+
+        if role == "server":
+            if peer is not None:
+                raise self.error(self.line_of(t, "peer"), t, "peer",
+                                 "peer is for role = client (a server uses listen)")
+            if listen is None:
+                raise self.error(t.line, t, "listen", "missing required key")
+            if self.paths:
+                first = next(iter(self.paths.values()))
+                raise self.error(first.line, first, None,
+                                 "[path] sections are for role = client; "
+                                 "the server learns paths from the client")
+            paths: tuple[PathConfig, ...] = ()
+        else:
+            if listen is not None:
+                raise self.error(self.line_of(t, "listen"), t, "listen",
+                                 "listen is for role = server (a client uses peer)")
+            if not self.paths:
+                raise self.error(t.line, t, None,
+                                 "a client needs at least one [path NAME] section")
+            paths = self._paths(peer)
+
+        return TunnelConfig(
+            source=self.source, name=name, addresses=addresses, role=role,
+            peer=peer, listen=listen, mtu=mtu, scheduler=scheduler, control=control,
+            routes=routes, hold_time=hold_time, keepalive=keepalive, paths=paths,
+        )
+
+    @staticmethod
+    def _peer(text: str) -> Endpoint:
+        ep = parse_endpoint(text)
+        if ep.host is None:
+            raise ValueError(f"needs an address: IPv4:port or [IPv6]:port, got {text!r}")
+        if ep.host.is_unspecified or ep.host.is_multicast:
+            raise ValueError(f"must be a unicast address, got {text!r}")
+        return ep
+
+    def _paths(self, tunnel_peer: Endpoint | None) -> tuple[PathConfig, ...]:
+        paths = []
+        interfaces: dict[str, str] = {}  # interface -> path that uses it
+        for count, (name, s) in enumerate(self.paths.items(), start=1):
+            if count > MAX_PATHS:
+                raise self.error(s.line, s, None, f"too many paths (at most {MAX_PATHS})")
+            interface = self.get(s, "interface", _ifname)
+            local = self.get(s, "local", _ip)
+            peer = self.get(s, "peer", self._peer) or tunnel_peer
+            weight = self.get(s, "weight", _weight, 1.0)
+
+            if interface is None and local is None:
+                raise self.error(s.line, s, None, "needs interface or local (or both)")
+            if peer is None:
+                t = self.tunnel
+                raise self.error(t.line, t, "peer", "missing required key "
+                                 f"([path {name}] has no peer of its own)")
+            if local is not None and local.version != peer.host.version:
+                raise self.error(self.line_of(s, "local"), s, "local",
+                                 f"IPv{local.version} address {str(local)!r} but the "
+                                 f"path's peer {peer} is IPv{peer.host.version}")
+            if interface is not None:
+                if interface in interfaces:
+                    raise self.error(self.line_of(s, "interface"), s, "interface",
+                                     f"{interface!r} is already used by "
+                                     f"[path {interfaces[interface]}]")
+                interfaces[interface] = name
+            paths.append(PathConfig(name, interface, local, peer, weight, s.line))
+        return tuple(paths)
+
+
+# --- public entry points ----------------------------------------------------------
+
+
+def parse(text: str, source: str = "<string>") -> TunnelConfig:
+    """Parse config text; raise ConfigError naming source:line on any problem."""
+    return _Parser(text, source).build()
+
+
+def load(path: str) -> TunnelConfig:
+    """Read and parse a config file; raise ConfigError if unreadable or invalid."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: cannot read: not UTF-8 text (byte {e.start})") from None
+    return parse(text, path)

@@ -1,0 +1,340 @@
+"""Tests for mpt.config: the tunnel.conf parser."""
+
+from ipaddress import ip_address, ip_interface, ip_network
+from pathlib import Path
+
+import pytest
+
+from mpt import config
+from mpt.config import ConfigError, Endpoint, parse, parse_duration, parse_endpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+CLIENT = """\
+# a full client config
+[tunnel]
+name = mpt0                 ; TUN device
+address = 10.77.0.1/30, fd00::1/64
+role = client
+peer = 198.18.10.2:4700
+mtu = 1420
+scheduler = weighted
+control = /run/mpt/custom.sock
+routes = 198.18.200.0/24, 2001:2:0:200::/64
+hold_time = 0.05s
+keepalive = 250ms
+
+[path wan1]
+interface = wan1            # inline comment, hash style
+weight = 3
+[path wan2]
+interface = wan2
+local = 198.18.2.1
+weight = 1.5
+[path v6]
+local = fd01::2
+peer = [fd00:10::2]:4701
+"""
+
+SERVER = """\
+[tunnel]
+address = 10.77.0.2/30
+role = server
+listen = 4700
+"""
+
+MINIMAL_CLIENT = """\
+[tunnel]
+address = 10.77.0.1/30
+role = client
+peer = 198.18.10.2:4700
+[path wan1]
+interface = wan1
+"""
+
+
+def test_client_config():
+    c = parse(CLIENT, "client.conf")
+    peer = Endpoint(ip_address("198.18.10.2"), 4700)
+    assert c.source == "client.conf"
+    assert c.name == "mpt0"
+    assert c.addresses == (ip_interface("10.77.0.1/30"), ip_interface("fd00::1/64"))
+    assert c.role == "client"
+    assert c.peer == peer
+    assert c.listen is None
+    assert c.mtu == 1420
+    assert c.scheduler == "weighted"
+    assert c.control == "/run/mpt/custom.sock"
+    assert c.routes == (ip_network("198.18.200.0/24"), ip_network("2001:2:0:200::/64"))
+    assert c.hold_time == 0.05
+    assert c.keepalive == 0.25
+    assert [p.name for p in c.paths] == ["wan1", "wan2", "v6"]
+    wan1, wan2, v6 = c.paths
+    assert (wan1.interface, wan1.local, wan1.peer, wan1.weight, wan1.line) == (
+        "wan1", None, peer, 3.0, 14)
+    assert (wan2.interface, wan2.local, wan2.peer, wan2.weight) == (
+        "wan2", ip_address("198.18.2.1"), peer, 1.5)
+    assert (v6.interface, v6.local, v6.peer, v6.weight) == (
+        None, ip_address("fd01::2"), Endpoint(ip_address("fd00:10::2"), 4701), 1.0)
+
+
+def test_client_defaults():
+    c = parse(MINIMAL_CLIENT)
+    assert c.source == "<string>"
+    assert c.name == "mpt0"
+    assert c.mtu is None
+    assert c.scheduler == "weighted"
+    assert c.control == "/run/mpt/mpt0.sock"
+    assert c.routes == ()
+    assert c.hold_time is None
+    assert c.keepalive == 1.0
+    assert c.paths[0].weight == 1.0
+
+
+def test_control_default_follows_name():
+    c = parse(MINIMAL_CLIENT.replace("[tunnel]\n", "[tunnel]\nname = tun-a\n"))
+    assert c.control == "/run/mpt/tun-a.sock"
+
+
+def test_server_config():
+    c = parse(SERVER)
+    assert c.role == "server"
+    assert c.listen == Endpoint(None, 4700)
+    assert c.peer is None
+    assert c.paths == ()
+    assert c.addresses == (ip_interface("10.77.0.2/30"),)
+
+
+def test_client_without_tunnel_peer_when_every_path_has_one():
+    c = parse(MINIMAL_CLIENT.replace("peer = 198.18.10.2:4700\n", "")
+              + "peer = 198.18.10.3:4700\n")
+    assert c.peer is None
+    assert c.paths[0].peer == Endpoint(ip_address("198.18.10.3"), 4700)
+
+
+def test_sections_in_any_order():
+    c = parse("[path wan1]\ninterface = wan1\n" + MINIMAL_CLIENT.split("[path")[0])
+    assert c.paths[0].line == 1 and c.paths[0].peer.port == 4700
+
+
+def test_comment_needs_whitespace_before_it():
+    c = parse(SERVER + "control = /run/a#b;c.sock  ; real comment\n")
+    assert c.control == "/run/a#b;c.sock"
+
+
+def test_crlf_line_endings():
+    assert parse(CLIENT.replace("\n", "\r\n")) == parse(CLIENT)
+
+
+@pytest.mark.parametrize("name", ["client.conf", "server.conf"])
+def test_shipped_examples_parse(name):
+    c = config.load(str(REPO / "conf" / name))
+    assert c.role == name.split(".")[0]
+    if c.role == "client":
+        assert [(p.name, p.weight) for p in c.paths] == [("wan1", 3.0), ("wan2", 1.0)]
+        assert all(p.peer == Endpoint(ip_address("198.18.10.2"), 4700) for p in c.paths)
+        assert c.addresses == (ip_interface("10.77.0.1/30"), ip_interface("fd77::1/64"))
+    else:
+        assert c.listen.port == 4700
+        assert c.addresses == (ip_interface("10.77.0.2/30"), ip_interface("fd77::2/64"))
+
+
+def test_load_file(tmp_path):
+    f = tmp_path / "tunnel.conf"
+    f.write_text(CLIENT)
+    assert config.load(str(f)) == parse(CLIENT, str(f))
+
+
+def test_load_missing_file(tmp_path):
+    f = tmp_path / "nope.conf"
+    with pytest.raises(ConfigError) as e:
+        config.load(str(f))
+    assert str(e.value) == f"{f}: cannot read: No such file or directory"
+
+
+def test_load_error_names_file_and_line(tmp_path):
+    f = tmp_path / "tunnel.conf"
+    f.write_text(CLIENT.replace("weight = 1.5", "weight = -1"))
+    with pytest.raises(ConfigError) as e:
+        config.load(str(f))
+    assert str(e.value) == f"{f}:20: [path wan2] weight: must be a positive number, got '-1'"
+
+
+def test_config_error_is_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+# Each case: (config text, expected "source:line: [section] key" prefix, message
+# fragment). The prefix is checked exactly, so the line number and key are right.
+def _client(extra_tunnel="", paths="[path wan1]\ninterface = wan1\n"):
+    # [tunnel] on line 1; its keys on 2..4; extra_tunnel from line 5.
+    return ("[tunnel]\naddress = 10.77.0.1/30\nrole = client\npeer = 198.18.10.2:4700\n"
+            + extra_tunnel + paths)
+
+
+def _server(extra=""):
+    return "[tunnel]\naddress = 10.77.0.2/30\nrole = server\nlisten = 4700\n" + extra
+
+
+ERRORS = [
+    # structure
+    ("", "f.conf", "empty config"),
+    ("# only a comment\n", "f.conf", "empty config"),
+    ("[path wan1]\ninterface = wan1\n", "f.conf", "missing [tunnel] section"),
+    ("name = x\n[tunnel]\n", "f.conf:1: name", "outside any section"),
+    ("[tunnel]\njust words\n", "f.conf:2: [tunnel]", "expected 'key = value'"),
+    ("[tunnel]\n= value\n", "f.conf:2: [tunnel]", "expected 'key = value'"),
+    ("[tunnel\n", "f.conf:1", "malformed section header"),
+    (_server("[peers]\n"), "f.conf:5", "unknown section '[peers]'"),
+    (_server("[tunnel extra]\n"), "f.conf:5", "unknown section"),
+    (_server("[path]\n"), "f.conf:5", "expected [path NAME]"),
+    (_server("[path bad/name]\n"), "f.conf:5", "expected [path NAME]"),
+    (_server("[path " + "x" * 33 + "]\n"), "f.conf:5", "expected [path NAME]"),
+    (_server("[tunnel]\n"), "f.conf:5: [tunnel]", "duplicate section (first at line 1)"),
+    (_client(paths="[path a]\ninterface = a\n[path a]\n"), "f.conf:7: [path a]",
+     "duplicate section (first at line 5)"),
+    (_server("Name = x\n"), "f.conf:5: [tunnel] Name", "unknown key"),
+    (_server("weight = 1\n"), "f.conf:5: [tunnel] weight", "unknown key"),
+    (_client(paths="[path a]\ninterface = a\nmtu = 1400\n"), "f.conf:7: [path a] mtu",
+     "unknown key"),
+    (_server("listen = 4701\n"), "f.conf:5: [tunnel] listen", "duplicate key (first at line 4)"),
+    (_client(paths="[path a]\nweight = 1\nweight = 2\n"), "f.conf:7: [path a] weight",
+     "duplicate key"),
+    (_server("mtu =\n"), "f.conf:5: [tunnel] mtu", "empty value"),
+    # missing required keys: reported at the section header
+    ("\n[tunnel]\nrole = server\nlisten = 1\n", "f.conf:2: [tunnel] address",
+     "missing required key"),
+    ("[tunnel]\naddress = 10.77.0.2/30\n", "f.conf:1: [tunnel] role", "missing required key"),
+    ("[tunnel]\naddress = 10.77.0.2/30\nrole = server\n", "f.conf:1: [tunnel] listen",
+     "missing required key"),
+    ("[tunnel]\naddress = 10.77.0.1/30\nrole = client\n[path a]\ninterface = a\n",
+     "f.conf:1: [tunnel] peer", "missing required key"),
+    # [tunnel] values
+    (_server("name = way-too-long-name0\n"), "f.conf:5: [tunnel] name", "1..15 bytes"),
+    (_server("name = a:b\n"), "f.conf:5: [tunnel] name", "invalid interface name"),
+    (_server("name = a/b\n"), "f.conf:5: [tunnel] name", "invalid interface name"),
+    ("[tunnel]\naddress = 10.77.0.300/30\n", "f.conf:2: [tunnel] address", "10.77.0.300/30"),
+    ("[tunnel]\naddress = 10.77.0.1/30,\n", "f.conf:2: [tunnel] address", "empty item"),
+    ("[tunnel]\naddress = 10.0.0.1/8, 10.0.0.1/8\n", "f.conf:2: [tunnel] address",
+     "listed twice"),
+    ("[tunnel]\naddress = 10.77.0.1/30\nrole = relay\n", "f.conf:3: [tunnel] role",
+     "must be one of: client, server"),
+    (_server("peer = 198.18.10.2:4700\n"), "f.conf:5: [tunnel] peer",
+     "peer is for role = client"),
+    (_client("listen = 4700\n"), "f.conf:5: [tunnel] listen", "listen is for role = server"),
+    (_client().replace("198.18.10.2:4700", "198.18.10.2"), "f.conf:4: [tunnel] peer",
+     "missing port"),
+    (_client().replace("198.18.10.2:4700", "198.18.10.2:0"), "f.conf:4: [tunnel] peer",
+     "port must be 1..65535, got '0'"),
+    (_client().replace("198.18.10.2:4700", "198.18.10.2:65536"), "f.conf:4: [tunnel] peer",
+     "port must be 1..65535"),
+    (_client().replace("198.18.10.2:4700", "example.com:4700"), "f.conf:4: [tunnel] peer",
+     "not an IP address"),
+    (_client().replace("198.18.10.2:4700", "4700"), "f.conf:4: [tunnel] peer",
+     "needs an address"),
+    (_client().replace("198.18.10.2:4700", "fd00::2:4700"), "f.conf:4: [tunnel] peer",
+     "needs brackets"),
+    (_client().replace("198.18.10.2:4700", "0.0.0.0:4700"), "f.conf:4: [tunnel] peer",
+     "unicast"),
+    (_server().replace("listen = 4700", "listen = 1.2.3.4:x"), "f.conf:4: [tunnel] listen",
+     "port must be"),
+    (_server("mtu = 575\n"), "f.conf:5: [tunnel] mtu", "576..1900"),
+    (_server("mtu = 1901\n"), "f.conf:5: [tunnel] mtu", "576..1900"),
+    (_server("mtu = 1400.5\n"), "f.conf:5: [tunnel] mtu", "integer"),
+    (_server("scheduler = roundrobin\n"), "f.conf:5: [tunnel] scheduler",
+     "must be one of: weighted"),
+    (_server("control = run/mpt.sock\n"), "f.conf:5: [tunnel] control", "absolute path"),
+    (_server("routes = 198.18.200.1/24\n"), "f.conf:5: [tunnel] routes",
+     "'198.18.200.1/24' is not a prefix"),
+    (_server("routes = 10.0.0.0/8, , 10.1.0.0/16\n"), "f.conf:5: [tunnel] routes",
+     "empty item"),
+    (_server("hold_time = 0.5ms\n"), "f.conf:5: [tunnel] hold_time",
+     "between 1ms and 2s, got '0.5ms'"),
+    (_server("hold_time = 3s\n"), "f.conf:5: [tunnel] hold_time", "between 1ms and 2s"),
+    (_server("hold_time = soon\n"), "f.conf:5: [tunnel] hold_time", "expected a duration"),
+    (_server("keepalive = 49ms\n"), "f.conf:5: [tunnel] keepalive", "between 50ms and 60s"),
+    (_server("keepalive = 61s\n"), "f.conf:5: [tunnel] keepalive", "between 50ms and 60s"),
+    # paths
+    (_server("[path wan1]\ninterface = wan1\n"), "f.conf:5: [path wan1]",
+     "the server learns paths from the client"),
+    (_client(paths=""), "f.conf:1: [tunnel]", "at least one [path NAME]"),
+    (_client(paths="[path a]\nweight = 2\n"), "f.conf:5: [path a]", "needs interface or local"),
+    (_client(paths="[path a]\ninterface = a\nweight = -1\n"), "f.conf:7: [path a] weight",
+     "must be a positive number, got '-1'"),
+    (_client(paths="[path a]\ninterface = a\nweight = 0\n"), "f.conf:7: [path a] weight",
+     "must be a positive number, got '0'"),
+    (_client(paths="[path a]\ninterface = a\nweight = lots\n"), "f.conf:7: [path a] weight",
+     "must be a positive number"),
+    (_client(paths="[path a]\ninterface = a\nweight = 1001\n"), "f.conf:7: [path a] weight",
+     "at most 1000"),
+    (_client(paths="[path a]\ninterface = a b\n"), "f.conf:6: [path a] interface",
+     "invalid interface name"),
+    (_client(paths="[path a]\nlocal = 1.2.3\n"), "f.conf:6: [path a] local",
+     "not an IP address"),
+    (_client(paths="[path a]\nlocal = fd00::1\n"), "f.conf:6: [path a] local",
+     "IPv6 address 'fd00::1' but the path's peer 198.18.10.2:4700 is IPv4"),
+    (_client(paths="[path a]\nlocal = 10.0.0.1\npeer = [fd00::2]:4700\n"),
+     "f.conf:6: [path a] local", "is IPv6"),
+    (_client(paths="[path a]\ninterface = a\npeer = 1.2.3.4:99999\n"),
+     "f.conf:7: [path a] peer", "port must be 1..65535"),
+    (_client(paths="[path a]\ninterface = wan1\n[path b]\ninterface = wan1\n"),
+     "f.conf:8: [path b] interface", "already used by [path a]"),
+    (_client(paths="".join(f"[path p{i}]\ninterface = e{i}\n" for i in range(17))),
+     "f.conf:37: [path p16]", "too many paths (at most 16)"),
+]
+
+
+@pytest.mark.parametrize("text, where, fragment", ERRORS)
+def test_errors(text, where, fragment):
+    with pytest.raises(ConfigError) as e:
+        parse(text, "f.conf")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(where + ": "), msg
+    assert fragment in msg
+
+
+def test_error_is_one_line_even_for_odd_source():
+    with pytest.raises(ConfigError) as e:
+        parse("", "weird\nname")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("50ms", 0.05), ("0.05s", 0.05), ("50", 0.05), ("2s", 2.0), ("1ms", 0.001),
+    (" 250 ms ", 0.25), (".5s", 0.5), ("60s", 60.0),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ms", "-5ms", "5m", "1e3", "fast", "5 min", "inf"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text, default, expected", [
+    ("198.18.10.2:4700", None, Endpoint(ip_address("198.18.10.2"), 4700)),
+    ("[fd77::2]:4700", None, Endpoint(ip_address("fd77::2"), 4700)),
+    ("4700", None, Endpoint(None, 4700)),
+    ("4700", "0.0.0.0", Endpoint(ip_address("0.0.0.0"), 4700)),
+    ("[::]:1", None, Endpoint(ip_address("::"), 1)),
+])
+def test_parse_endpoint(text, default, expected):
+    assert parse_endpoint(text, default) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "", "1.2.3.4", "1.2.3.4:", ":4700", "1.2.3.4:0", "1.2.3.4:65536", "[1.2.3.4]:80",
+    "fd00::1:80", "[fd00::1]", "[fd00::1]80", "host:80", "0", "4700x", "²",
+])
+def test_parse_endpoint_rejects(text):
+    with pytest.raises(ValueError) as e:
+        parse_endpoint(text)
+    assert "\n" not in str(e.value)
+
+
+def test_endpoint_str():
+    assert str(parse_endpoint("1.2.3.4:5")) == "1.2.3.4:5"
+    assert str(parse_endpoint("[fd00::1]:5")) == "[fd00::1]:5"

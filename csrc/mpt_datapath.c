@@ -11,7 +11,7 @@
 #include <sys/eventfd.h>
 #include "mpt_dp_internal.h"
 
-#define POLL_MAX (2 + MPT_MAX_PATHS)
+#define POLL_MAX (3 + MPT_MAX_PATHS)
 #define IDLE_POLL_MS 200
 
 int64_t mpt_now_ns(void)
@@ -21,7 +21,7 @@ int64_t mpt_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int role_server, uint16_t session,
+struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int listen_fd, uint16_t session,
                           uint32_t hold_us, uint32_t alive_ms)
 {
     struct mpt_dp *dp = calloc(1, sizeof(*dp));
@@ -29,7 +29,8 @@ struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int role_server, uint16_t ses
         return NULL;
     dp->tun_fd = tun_fd;
     dp->ctrl_fd = ctrl_fd;
-    dp->server = role_server ? 1 : 0;
+    dp->server = listen_fd >= 0;
+    dp->listen_fd = listen_fd;
     dp->session = session;
     dp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     dp->reorder = mpt_reorder_new(MPT_REORDER_SLOTS, MPT_MAX_PKT, (int64_t)hold_us * 1000,
@@ -111,12 +112,15 @@ void mpt_dp_sync(struct mpt_dp *dp)
     pthread_mutex_unlock(&dp->lock);
 }
 
-/* The fds to poll: wake, TUN, then each distinct path socket. */
+/* The fds to poll: wake, TUN, the listen socket, then each distinct path
+ * socket. */
 static int build_pollset(struct mpt_dp *dp, struct pollfd *pfd)
 {
     int n = 0;
     pfd[n++] = (struct pollfd){ .fd = dp->wake_fd, .events = POLLIN };
     pfd[n++] = (struct pollfd){ .fd = dp->tun_fd, .events = POLLIN };
+    if (dp->listen_fd >= 0)
+        pfd[n++] = (struct pollfd){ .fd = dp->listen_fd, .events = POLLIN };
     pthread_mutex_lock(&dp->lock);
     for (int i = 0; i < MPT_MAX_PATHS; i++) {
         int fd = dp->paths[i].fd, dup = 0;

@@ -56,9 +56,10 @@ struct mpt_ctrl_meta {
 
 struct mpt_dp;
 
-/* role_server: paths are learned from the client (path index taken from
- * the header, peer address from the packet's source). */
-struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int role_server, uint16_t session,
+/* listen_fd >= 0 makes this the server: paths are learned from the client
+ * (path index taken from the header, peer address from the packet's
+ * source) and the listen socket is polled even before any path exists. */
+struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int listen_fd, uint16_t session,
                           uint32_t hold_us, uint32_t alive_ms);
 int mpt_dp_start(struct mpt_dp *dp);
 void mpt_dp_stop(struct mpt_dp *dp);

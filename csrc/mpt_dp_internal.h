@@ -30,6 +30,7 @@ struct mpt_txq {
 
 struct mpt_dp {
     int tun_fd, ctrl_fd, wake_fd;
+    int listen_fd;                 /* server only, else -1 */
     int server;
     uint16_t session;              /* ours, sent in every header */
     int peer_session_known;

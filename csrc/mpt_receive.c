@@ -4,7 +4,8 @@
  *   1. recvmmsg      up to MPT_BATCH datagrams from one path socket;
  *   2. classify      check the header (length, version, type, path index);
  *                    control packets go to Python with their source address;
- *   3. learn         (server) follow the client's address for that path;
+ *   3. learn         (server) follow the client's address for that path,
+ *                    from data and control packets alike;
  *   4. reorder       check the inner packet and hand it to the reorder
  *                    buffer, which delivers to the TUN device in sequence.
  * Anything malformed is dropped and counted; nothing unchecked is written
@@ -109,6 +110,8 @@ static void receive_one(struct mpt_dp *dp, int fd, unsigned i, int64_t now)
         dp->counters.drop_bad_path++;
         return;
     }
+    if (dp->server)
+        learn(dp, idx, fd, &dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen);
     if (h.type == MPT_TYPE_CONTROL) {
         dp->counters.path[idx].ctrl_rx++;
         mpt_reorder_heard(dp->reorder, idx, now);
@@ -120,8 +123,6 @@ static void receive_one(struct mpt_dp *dp, int fd, unsigned i, int64_t now)
         return;
     }
     check_session(dp, h.session);
-    if (dp->server)
-        learn(dp, idx, fd, &dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen);
     dp->counters.path[idx].rx_packets++;
     dp->counters.path[idx].rx_bytes += len - MPT_HDR_LEN;
     if (h.path_seq > dp->counters.path[idx].rx_path_seq)

@@ -61,7 +61,7 @@ struct mpt_counters {
 struct mpt_ctrl_meta { int32_t fd; uint32_t addrlen; uint8_t addr[28]; };
 
 struct mpt_dp;
-struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int role_server, uint16_t session,
+struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int listen_fd, uint16_t session,
                           uint32_t hold_us, uint32_t alive_ms);
 int mpt_dp_start(struct mpt_dp *dp);
 void mpt_dp_stop(struct mpt_dp *dp);

@@ -1,0 +1,103 @@
+"""Command lines of mptd and mptctl: argument parsing and exit codes only."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+def _fail(prog: str, msg: str, code: int) -> int:
+    print(f"{prog}: {msg}", file=sys.stderr)
+    return code
+
+
+def mptd_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mptd", description="multipath tunnel daemon")
+    ap.add_argument("-c", "--config", required=True, help="tunnel.conf")
+    ap.add_argument("--check", action="store_true", help="validate the config and exit")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = ap.parse_args(argv)
+
+    from .config import ConfigError, load
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        return _fail("mptd", str(e), EXIT_CONFIG)
+    if args.check:
+        print(f"{args.config}: ok ({cfg.role}, {len(cfg.paths)} path(s))")
+        return 0
+
+    logging.basicConfig(level=logging.INFO, format=f"mptd[{cfg.name}] %(levelname)s: %(message)s")
+    logging.getLogger("mptd").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    import uvloop
+
+    from .control import ControlError
+    from .daemon import Daemon
+    from .tun import TunError
+
+    daemon = Daemon(cfg)
+    try:
+        daemon.open()
+        uvloop.run(daemon.run())
+    except (TunError, ControlError, OSError) as e:
+        return _fail("mptd", str(e), EXIT_RUNTIME)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        daemon.close()
+    return 0
+
+
+def _status_table(st: dict) -> str:
+    rows = [("PATH", "DEVICE", "STATE", "LOCAL -> REMOTE", "RTT", "SHARE",
+             "TX PKTS", "TX BYTES", "RX PKTS", "RX BYTES")]
+    for p in st["paths"]:
+        rtt = f"{p['rtt_ms']:.1f}ms" if p["rtt_ms"] is not None else "-"
+        rows.append((p["name"], p["device"] or "-", p["state"],
+                     f"{p['local'] or '-'} -> {p['remote'] or '-'}", rtt,
+                     f"{p['share'] * 100:.1f}%", str(p["tx_packets"]), str(p["tx_bytes"]),
+                     str(p["rx_packets"]), str(p["rx_bytes"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"{st['tunnel']} ({st['role']}) mtu {st['mtu']} hold {st['hold_ms']}ms"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    drops = {k: v for k, v in st["counters"].items() if k.startswith("drop_") and v}
+    if drops:
+        lines.append("drops: " + ", ".join(f"{k[5:]}={v}" for k, v in sorted(drops.items())))
+    return "\n".join(lines)
+
+
+def mptctl_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mptctl", description="talk to a running mptd")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("-s", "--socket", help="control socket (default /run/mpt/mpt0.sock)")
+    where.add_argument("-c", "--config", help="take the control socket from this tunnel.conf")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("status", help="one row per path")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    args = ap.parse_args(argv)
+
+    from .config import ConfigError, load
+    from .control import ControlError, request
+
+    path = args.socket or "/run/mpt/mpt0.sock"
+    if args.config:
+        try:
+            path = load(args.config).control
+        except ConfigError as e:
+            return _fail("mptctl", str(e), EXIT_CONFIG)
+    try:
+        reply = request(path, {"cmd": args.cmd})
+    except ControlError as e:
+        return _fail("mptctl", str(e), EXIT_RUNTIME)
+    reply.pop("ok", None)
+    print(json.dumps(reply, indent=2) if args.json else _status_table(reply))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(mptd_main())

@@ -1,0 +1,40 @@
+"""Scheduling policy: from path state to the table the C datapath follows.
+
+The datapath spreads packets over the active paths by weight (smooth
+weighted round-robin over bytes, csrc/mpt_sched.c); this module decides
+which paths are active with which weight, and how long the receiver holds
+packets waiting for a gap to fill.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_HOLD = 0.050    # reorder hold time while no RTT is known
+MIN_HOLD = 0.005
+MAX_HOLD = 1.0
+MODES = ("weighted",)
+
+
+@dataclass(frozen=True)
+class PathEntry:
+    index: int
+    weight: float
+    active: bool
+
+
+def path_table(paths) -> list[PathEntry]:
+    """`paths`: objects with .index, .weight and .health.up.  In `weighted`
+    mode a path carries data while it is up, in proportion to its weight."""
+    return [PathEntry(p.index, p.weight, bool(p.health.up and p.weight > 0)) for p in paths]
+
+
+def hold_time(configured: float | None, rtts: list[float]) -> float:
+    """The reorder hold time: the configured one, else one derived from the
+    spread of the paths' RTTs (one-way spread is about half the RTT spread;
+    doubled for jitter, plus a margin), else DEFAULT_HOLD."""
+    if configured is not None:
+        return configured
+    if len(rtts) < 2:
+        return DEFAULT_HOLD
+    spread = (max(rtts) - min(rtts)) / 2
+    return min(MAX_HOLD, max(MIN_HOLD, 2 * spread + 0.010))

@@ -234,6 +234,16 @@ void mpt_dp_free(struct mpt_dp *dp)
 
 void mpt_dp_copy_counters(struct mpt_dp *dp, struct mpt_counters *out)
 {
+    const struct mpt_reorder_stats *rs = &dp->reorder->stats;
     /* Aligned 64-bit loads do not tear; a snapshot a packet stale is fine. */
     memcpy(out, &dp->counters, sizeof(*out));
+    pthread_mutex_lock(&dp->lock);
+    out->drop_duplicate = rs->duplicates;
+    out->drop_late = rs->late;
+    out->drop_too_big += rs->too_big;
+    out->reorder_held = rs->held;
+    out->reorder_skipped = rs->skipped;
+    out->reorder_timeouts = rs->timeouts;
+    out->reorder_overflows = rs->overflows;
+    pthread_mutex_unlock(&dp->lock);
 }

@@ -35,7 +35,7 @@ struct mpt_counters {
     uint64_t drop_bad_path;      /* path index out of range */
     uint64_t drop_bad_inner;     /* payload is not one whole IP packet */
     uint64_t drop_too_big;
-    uint64_t drop_duplicate;
+    uint64_t drop_duplicate;     /* this and the reorder_* below: from the reorder buffer */
     uint64_t drop_late;
     uint64_t drop_tun_write;
     uint64_t drop_ctrl_queue;    /* Python did not keep up with control packets */

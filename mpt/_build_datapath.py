@@ -85,16 +85,24 @@ if os.environ.get("MPT_SANITIZE") == "address":
               "-std=gnu11", "-Wall", "-Wextra", "-pthread"]
     _link = ["-fsanitize=address,undefined", "-pthread"]
 
+# setuptools wants paths relative to setup.py; a direct build (the
+# sanitizer test) compiles in another directory and needs absolute ones.
+_direct = __name__ == "__main__"
+_path = str if _direct else os.path.relpath
+
 ffibuilder.set_source(
     "mpt._datapath",
     '#include "mpt_datapath.h"\n#include "mpt_reorder.h"\n#include "mpt_sched.h"\n'
     '#include "mpt_wire.h"\n',
-    depends=[os.path.relpath(p) for p in sorted(CSRC.glob("*.h"))],
-    sources=[os.path.relpath(CSRC / s) for s in SOURCES],
-    include_dirs=[os.path.relpath(CSRC)],
+    depends=[_path(p) for p in sorted(CSRC.glob("*.h"))],
+    sources=[_path(CSRC / s) for s in SOURCES],
+    include_dirs=[_path(CSRC)],
     extra_compile_args=_flags,
     extra_link_args=_link,
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    # python mpt/_build_datapath.py [OUTDIR]: build in place or into OUTDIR
+    import sys
+
+    print(ffibuilder.compile(tmpdir=sys.argv[1] if len(sys.argv) > 1 else ".", verbose=True))

@@ -1,0 +1,99 @@
+"""Run the two routers' mptd in a lab: start, wait until the paths are up,
+query status, stop (checking that each daemon exits cleanly)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from ..control import ControlError, request
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+class Daemon:
+    def __init__(self, lab, ns: str, conf: str, control: str):
+        self.ns, self.conf, self.control = ns, conf, control
+        self.log = tempfile.NamedTemporaryFile(prefix="mptd-", suffix=".log", delete=False)
+        self.proc = lab.popen(ns, [sys.executable, "-m", "mpt.cli", "-c", conf],
+                              stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        with open(self.log.name, errors="replace") as f:
+            return f.read()
+
+    def status(self) -> dict:
+        if self.proc.poll() is not None:
+            raise DaemonError(f"mptd in {self.ns} exited ({self.proc.returncode}):\n"
+                              f"{self.output()}")
+        return request(self.control, {"cmd": "status"})
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise DaemonError(f"mptd in {self.ns} ignored {sig!r}:\n{self.output()}")
+        return self.proc.returncode
+
+    def close(self) -> None:
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+class Tunnel:
+    """Both daemons of a lab.  `client=`/`server=` are [tunnel] overrides,
+    `weights=` the client's path weights."""
+
+    def __init__(self, lab, weights=None, client: dict | None = None,
+                 server: dict | None = None):
+        self.lab = lab
+        self.dir = tempfile.mkdtemp(prefix=f"{lab.prefix}-conf-")
+        cconf, sconf = os.path.join(self.dir, "client.conf"), os.path.join(self.dir, "server.conf")
+        with open(cconf, "w") as f:
+            f.write(lab.client_conf(weights=weights, **(client or {})))
+        with open(sconf, "w") as f:
+            f.write(lab.server_conf(**(server or {})))
+        self.server = Daemon(lab, lab.rtrB, sconf, f"/run/mpt/{lab.prefix}-server.sock")
+        self.client = Daemon(lab, lab.rtrA, cconf, f"/run/mpt/{lab.prefix}-client.sock")
+
+    def wait_up(self, paths: int | None = None, timeout: float = 10.0) -> None:
+        """Until `paths` (default: all) paths are up on both sides."""
+        want = self.lab.paths if paths is None else paths
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                up = [sum(p["state"] == "up" for p in d.status()["paths"])
+                      for d in (self.client, self.server)]
+                if min(up) >= want:
+                    return
+            except ControlError:
+                up = None   # control socket not there yet
+            if time.monotonic() > deadline:
+                raise DaemonError(f"paths not up after {timeout}s (up: {up})\nclient:\n"
+                                  f"{self.client.output()}\nserver:\n{self.server.output()}")
+            time.sleep(0.05)
+
+    def stop(self) -> tuple[int | None, int | None]:
+        """Stop both; the exit codes of those still running (None for one
+        that had already been stopped or killed)."""
+        try:
+            return tuple(None if d.proc.returncode is not None else d.stop()
+                         for d in (self.client, self.server))
+        finally:
+            for d in (self.client, self.server):
+                d.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,54 @@
+"""mptd/mptctl command lines: bad input gives one line and the right exit code."""
+import subprocess
+import sys
+
+import pytest
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-c",
+                           "import sys; from mpt.cli import mptd_main, mptctl_main; "
+                           "sys.exit({'mptd': mptd_main, 'mptctl': mptctl_main}[sys.argv[1]]"
+                           "(sys.argv[2:]))", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=30)
+
+
+def test_check_accepts_the_shipped_configs():
+    for conf in ("conf/client.conf", "conf/server.conf"):
+        r = run("mptd", "--check", "-c", conf)
+        assert r.returncode == 0, r.stderr
+        assert "ok" in r.stdout
+
+
+@pytest.mark.parametrize("body,where,key", [
+    ("[tunnel]\nrole = client\naddress = 10.0.0.1/30\npeer = 198.18.10.2:4700\n"
+     "[path a]\ninterface = wan1\nweight = 0\n", ":7:", "weight"),
+    ("[tunnel]\nrole = client\naddress = 10.0.0.1/30\npeer = 198.18.10.2:99999\n"
+     "[path a]\ninterface = wan1\n", ":4:", "peer"),
+    ("[tunnel]\nrole = server\naddress = 10.0.0.2/30\nlisten = 4700\ncolour = blue\n",
+     ":5:", "colour"),
+    ("[tunnel]\nrole = server\naddress = 10.0.0.2/30\n", ":1:", "listen"),
+])
+def test_bad_config_is_one_line_with_file_line_and_key_exit_2(tmp_path, body, where, key):
+    conf = tmp_path / "tunnel.conf"
+    conf.write_text(body)
+    for args in (("--check", "-c", str(conf)), ("-c", str(conf))):
+        r = run("mptd", *args)
+        assert r.returncode == 2
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert f"{conf}{where}" in lines[0] and key in lines[0]
+        assert r.stdout == ""
+
+
+def test_missing_config_file(tmp_path):
+    r = run("mptd", "-c", str(tmp_path / "nope.conf"))
+    assert r.returncode == 2 and "nope.conf" in r.stderr and "cannot read" in r.stderr
+
+
+def test_mptctl_without_daemon_says_so(tmp_path):
+    r = run("mptctl", "-s", str(tmp_path / "none.sock"), "status")
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "cannot reach mptd" in r.stderr

@@ -28,15 +28,26 @@ MAX_PATHS = 16
 MAX_WEIGHT = 1000.0
 MTU_MIN, MTU_MAX = 576, 1900
 HOLD_TIME_RANGE = (0.001, 2.0)  # seconds
-KEEPALIVE_RANGE = (0.05, 60.0)  # seconds
-DEFAULT_KEEPALIVE = 1.0
+PROBE_INTERVAL_RANGE = (0.01, 10.0)  # seconds; also idle_probe_interval
+DEFAULT_PROBE_INTERVAL = 0.1
+DEFAULT_IDLE_PROBE_INTERVAL = 0.3  # or probe_interval, if that is larger
+DEAD_AFTER_RANGE = (2, 100)  # probe intervals
+DEFAULT_DEAD_AFTER = 3
+HOLD_DOWN_RANGE = (0.0, 60.0)  # seconds
+DEFAULT_HOLD_DOWN = 0.5
+PRIORITY_RANGE = (0, 255)
+TABLE_RANGE = (1, 2**31 - 1)
+# Routing tables the kernel itself uses: a path must not take one over.
+RESERVED_TABLES = {253: "default", 254: "main", 255: "local"}
+DEFAULT_TABLE_BASE = 1000  # a path without `table` gets 1000 + its index (from 0)
 DEFAULT_NAME = "mpt0"
 
 TUNNEL_KEYS = (
     "name", "address", "role", "peer", "listen", "mtu", "scheduler",
-    "control", "routes", "hold_time", "keepalive",
+    "control", "routes", "hold_time", "probe_interval", "idle_probe_interval",
+    "dead_after", "hold_down",
 )
-PATH_KEYS = ("interface", "local", "peer", "weight")
+PATH_KEYS = ("interface", "local", "peer", "weight", "priority", "gateway", "table")
 
 _PATH_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _KEY = re.compile(r"[A-Za-z0-9_.-]+")
@@ -74,6 +85,9 @@ class PathConfig:
     local: IPAddress | None
     peer: Endpoint | None  # effective peer: the path's own or the tunnel's
     weight: float
+    priority: int  # lower is preferred; higher numbers are backups
+    gateway: IPAddress | None  # next hop in the path's own routing table
+    table: int | None  # path's routing table; None: the daemon picks 1000 + index
     line: int  # line of the [path NAME] header, for later diagnostics
 
 
@@ -90,7 +104,10 @@ class TunnelConfig:
     control: str
     routes: tuple[IPNetwork, ...]
     hold_time: float | None  # seconds; None: derived at runtime
-    keepalive: float  # seconds
+    probe_interval: float  # seconds, on a path in use or being brought up
+    idle_probe_interval: float  # seconds, on an idle path; >= probe_interval
+    dead_after: int  # probe intervals of silence before a path leaves the schedule
+    hold_down: float  # seconds before a path that left may be re-admitted
     paths: tuple[PathConfig, ...]
 
 
@@ -221,7 +238,33 @@ def _duration_in(lo: float, hi: float):
 
 
 def _fmt_s(seconds: float) -> str:
+    if seconds == 0:
+        return "0"
     return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
+
+
+def _int_in(lo: int, hi: int):
+    def check(text: str) -> int:
+        if not _is_uint(text) or not lo <= int(text) <= hi:
+            raise ValueError(f"must be an integer {lo}..{hi}, got {text!r}")
+        return int(text)
+    return check
+
+
+def _table(text: str) -> int:
+    value = _int_in(*TABLE_RANGE)(text)
+    if value in RESERVED_TABLES:
+        reserved = ", ".join(f"{n} ({name})" for n, name in RESERVED_TABLES.items())
+        raise ValueError(f"table {value} is the kernel's {RESERVED_TABLES[value]} table; "
+                         f"{reserved} are reserved")
+    return value
+
+
+def _gateway(text: str) -> IPAddress:
+    addr = _ip(text)
+    if addr.is_unspecified or addr.is_multicast:
+        raise ValueError(f"must be a unicast address, got {text!r}")
+    return addr
 
 
 def _weight(text: str) -> float:
@@ -348,8 +391,18 @@ class _Parser:
         control = self.get(t, "control", _abspath, f"/run/mpt/{name}.sock")
         routes = self.get(t, "routes", _routes, ())
         hold_time = self.get(t, "hold_time", _duration_in(*HOLD_TIME_RANGE))
-        keepalive = self.get(t, "keepalive", _duration_in(*KEEPALIVE_RANGE),
-                             DEFAULT_KEEPALIVE)
+        probe_interval = self.get(t, "probe_interval", _duration_in(*PROBE_INTERVAL_RANGE),
+                                  DEFAULT_PROBE_INTERVAL)
+        # Unset, it follows a larger probe_interval rather than contradict it.
+        idle_probe_interval = self.get(t, "idle_probe_interval",
+                                       _duration_in(*PROBE_INTERVAL_RANGE),
+                                       max(DEFAULT_IDLE_PROBE_INTERVAL, probe_interval))
+        if idle_probe_interval < probe_interval:
+            raise self.error(self.line_of(t, "idle_probe_interval"), t, "idle_probe_interval",
+                             f"must be at least probe_interval ({_fmt_s(probe_interval)}), "
+                             f"got {t.values['idle_probe_interval'][0]!r}")
+        dead_after = self.get(t, "dead_after", _int_in(*DEAD_AFTER_RANGE), DEFAULT_DEAD_AFTER)
+        hold_down = self.get(t, "hold_down", _duration_in(*HOLD_DOWN_RANGE), DEFAULT_HOLD_DOWN)
 
         if role == "server":
             if peer is not None:
@@ -375,7 +428,9 @@ class _Parser:
         return TunnelConfig(
             source=self.source, name=name, addresses=addresses, role=role,
             peer=peer, listen=listen, mtu=mtu, scheduler=scheduler, control=control,
-            routes=routes, hold_time=hold_time, keepalive=keepalive, paths=paths,
+            routes=routes, hold_time=hold_time, probe_interval=probe_interval,
+            idle_probe_interval=idle_probe_interval, dead_after=dead_after,
+            hold_down=hold_down, paths=paths,
         )
 
     @staticmethod
@@ -390,6 +445,7 @@ class _Parser:
     def _paths(self, tunnel_peer: Endpoint | None) -> tuple[PathConfig, ...]:
         paths = []
         interfaces: dict[str, str] = {}  # interface -> path that uses it
+        tables: dict[int, str] = {}  # explicit table -> path that uses it
         for count, (name, s) in enumerate(self.paths.items(), start=1):
             if count > MAX_PATHS:
                 raise self.error(s.line, s, None, f"too many paths (at most {MAX_PATHS})")
@@ -397,6 +453,9 @@ class _Parser:
             local = self.get(s, "local", _ip)
             peer = self.get(s, "peer", self._peer) or tunnel_peer
             weight = self.get(s, "weight", _weight, 1.0)
+            priority = self.get(s, "priority", _int_in(*PRIORITY_RANGE), 0)
+            gateway = self.get(s, "gateway", _gateway)
+            table = self.get(s, "table", _table)
 
             if interface is None and local is None:
                 raise self.error(s.line, s, None, "needs interface or local (or both)")
@@ -414,7 +473,26 @@ class _Parser:
                                      f"{interface!r} is already used by "
                                      f"[path {interfaces[interface]}]")
                 interfaces[interface] = name
-            paths.append(PathConfig(name, interface, local, peer, weight, s.line))
+            if gateway is not None and gateway.version != peer.host.version:
+                raise self.error(self.line_of(s, "gateway"), s, "gateway",
+                                 f"IPv{gateway.version} address {str(gateway)!r} but the "
+                                 f"path's peer {peer} is IPv{peer.host.version}")
+            if table is not None:
+                if table in tables:
+                    raise self.error(self.line_of(s, "table"), s, "table",
+                                     f"table {table} is already used by [path {tables[table]}]")
+                tables[table] = name
+            paths.append(PathConfig(name, interface, local, peer, weight, priority,
+                                    gateway, table, s.line))
+        # An explicit table must not be the one the daemon gives a path without one.
+        for index, p in enumerate(paths):
+            default = DEFAULT_TABLE_BASE + index
+            if p.table is None and default in tables:
+                s = self.paths[tables[default]]
+                raise self.error(self.line_of(s, "table"), s, "table",
+                                 f"table {default} is the default table of [path {p.name}] "
+                                 f"({DEFAULT_TABLE_BASE} + its index {index}); "
+                                 "choose another or set that path's table")
         return tuple(paths)
 
 

@@ -22,7 +22,7 @@ scheduler = weighted
 control = /run/mpt/custom.sock
 routes = 198.18.200.0/24, 2001:2:0:200::/64
 hold_time = 0.05s
-keepalive = 250ms
+probe_interval = 50ms
 
 [path wan1]
 interface = wan1            # inline comment, hash style
@@ -34,6 +34,9 @@ weight = 1.5
 [path v6]
 local = fd01::2
 peer = [fd00:10::2]:4701
+priority = 1
+gateway = fe80::1
+table = 100
 """
 
 SERVER = """\
@@ -67,7 +70,8 @@ def test_client_config():
     assert c.control == "/run/mpt/custom.sock"
     assert c.routes == (ip_network("198.18.200.0/24"), ip_network("2001:2:0:200::/64"))
     assert c.hold_time == 0.05
-    assert c.keepalive == 0.25
+    assert c.probe_interval == 0.05
+    assert c.idle_probe_interval == 0.3
     assert [p.name for p in c.paths] == ["wan1", "wan2", "v6"]
     wan1, wan2, v6 = c.paths
     assert (wan1.interface, wan1.local, wan1.peer, wan1.weight, wan1.line) == (
@@ -76,6 +80,8 @@ def test_client_config():
         "wan2", ip_address("198.18.2.1"), peer, 1.5)
     assert (v6.interface, v6.local, v6.peer, v6.weight) == (
         None, ip_address("fd01::2"), Endpoint(ip_address("fd00:10::2"), 4701), 1.0)
+    assert [(p.priority, p.gateway, p.table) for p in c.paths] == [
+        (0, None, None), (0, None, None), (1, ip_address("fe80::1"), 100)]
 
 
 def test_client_defaults():
@@ -87,8 +93,67 @@ def test_client_defaults():
     assert c.control == "/run/mpt/mpt0.sock"
     assert c.routes == ()
     assert c.hold_time is None
-    assert c.keepalive == 1.0
-    assert c.paths[0].weight == 1.0
+    assert c.probe_interval == 0.1
+    assert c.idle_probe_interval == 0.3
+    assert c.dead_after == 3
+    assert c.hold_down == 0.5
+    p = c.paths[0]
+    assert (p.weight, p.priority, p.gateway, p.table) == (1.0, 0, None, None)
+
+
+def test_server_path_health_defaults():
+    c = parse(SERVER)
+    assert (c.probe_interval, c.idle_probe_interval, c.dead_after, c.hold_down) == (
+        0.1, 0.3, 3, 0.5)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("probe_interval = 10ms\nidle_probe_interval = 10s\n", (0.01, 10.0, 3, 0.5)),
+    ("probe_interval = 10s\nidle_probe_interval = 10s\n", (10.0, 10.0, 3, 0.5)),
+    ("probe_interval = 0.2s\nidle_probe_interval = 200\n", (0.2, 0.2, 3, 0.5)),
+    # unset idle_probe_interval follows a probe_interval above its 300ms default
+    ("probe_interval = 1s\n", (1.0, 1.0, 3, 0.5)),
+    ("probe_interval = 20ms\n", (0.02, 0.3, 3, 0.5)),
+    ("dead_after = 2\n", (0.1, 0.3, 2, 0.5)),
+    ("dead_after = 100\n", (0.1, 0.3, 100, 0.5)),
+    ("hold_down = 0\n", (0.1, 0.3, 3, 0.0)),
+    ("hold_down = 0ms\n", (0.1, 0.3, 3, 0.0)),
+    ("hold_down = 0s\n", (0.1, 0.3, 3, 0.0)),
+    ("hold_down = 60s\n", (0.1, 0.3, 3, 60.0)),
+    ("hold_down = 1.5s\n", (0.1, 0.3, 3, 1.5)),
+])
+def test_path_health_values(extra, expected):
+    c = parse(SERVER + extra)
+    assert (c.probe_interval, c.idle_probe_interval, c.dead_after, c.hold_down) == expected
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ("priority = 0\n", (0, None, None)),
+    ("priority = 255\n", (255, None, None)),
+    ("gateway = 198.18.1.254\n", (0, ip_address("198.18.1.254"), None)),
+    ("table = 1\n", (0, None, 1)),
+    ("table = 252\n", (0, None, 252)),
+    ("table = 256\n", (0, None, 256)),
+    ("table = 2147483647\n", (0, None, 2**31 - 1)),
+    ("priority = 7\ngateway = 198.18.1.254\ntable = 1001\n",
+     (7, ip_address("198.18.1.254"), 1001)),
+])
+def test_path_routing_values(keys, expected):
+    p = parse(MINIMAL_CLIENT + keys).paths[0]
+    assert (p.priority, p.gateway, p.table) == expected
+
+
+def test_gateway_family_follows_path_peer():
+    c = parse(MINIMAL_CLIENT + "peer = [fd00::2]:4700\ngateway = fe80::1\n"
+              "[path wan2]\ninterface = wan2\ngateway = 198.18.2.254\n")
+    assert [p.gateway for p in c.paths] == [ip_address("fe80::1"), ip_address("198.18.2.254")]
+
+
+def test_tables_may_repeat_when_unset_and_differ_when_set():
+    c = parse(MINIMAL_CLIENT + "table = 1000\n[path wan2]\ninterface = wan2\ntable = 100\n"
+              "[path wan3]\ninterface = wan3\n[path wan4]\ninterface = wan4\n")
+    # 1000 is the default of wan1 itself, which sets its own table: no clash
+    assert [p.table for p in c.paths] == [1000, 100, None, None]
 
 
 def test_control_default_follows_name():
@@ -252,8 +317,42 @@ ERRORS = [
      "between 1ms and 2s, got '0.5ms'"),
     (_server("hold_time = 3s\n"), "f.conf:5: [tunnel] hold_time", "between 1ms and 2s"),
     (_server("hold_time = soon\n"), "f.conf:5: [tunnel] hold_time", "expected a duration"),
-    (_server("keepalive = 49ms\n"), "f.conf:5: [tunnel] keepalive", "between 50ms and 60s"),
-    (_server("keepalive = 61s\n"), "f.conf:5: [tunnel] keepalive", "between 50ms and 60s"),
+    # path health
+    (_server("keepalive = 1s\n"), "f.conf:5: [tunnel] keepalive", "unknown key"),
+    (_server("probe_interval = 9ms\n"), "f.conf:5: [tunnel] probe_interval",
+     "between 10ms and 10s, got '9ms'"),
+    (_server("probe_interval = 10.5s\n"), "f.conf:5: [tunnel] probe_interval",
+     "between 10ms and 10s"),
+    (_server("probe_interval = 0\n"), "f.conf:5: [tunnel] probe_interval",
+     "between 10ms and 10s"),
+    (_server("probe_interval = often\n"), "f.conf:5: [tunnel] probe_interval",
+     "expected a duration"),
+    (_server("idle_probe_interval = 9ms\n"), "f.conf:5: [tunnel] idle_probe_interval",
+     "between 10ms and 10s"),
+    (_server("idle_probe_interval = 11s\n"), "f.conf:5: [tunnel] idle_probe_interval",
+     "between 10ms and 10s"),
+    (_server("idle_probe_interval = -1s\n"), "f.conf:5: [tunnel] idle_probe_interval",
+     "expected a duration"),
+    (_server("idle_probe_interval = 50ms\n"), "f.conf:5: [tunnel] idle_probe_interval",
+     "must be at least probe_interval (100ms), got '50ms'"),
+    # reported on the idle_probe_interval line, whichever key comes first
+    (_server("idle_probe_interval = 200ms\nprobe_interval = 0.5s\n"),
+     "f.conf:5: [tunnel] idle_probe_interval", "must be at least probe_interval (500ms)"),
+    (_server("probe_interval = 2s\nidle_probe_interval = 1s\n"),
+     "f.conf:6: [tunnel] idle_probe_interval", "must be at least probe_interval (2s)"),
+    (_server("dead_after = 1\n"), "f.conf:5: [tunnel] dead_after",
+     "must be an integer 2..100, got '1'"),
+    (_server("dead_after = 101\n"), "f.conf:5: [tunnel] dead_after", "2..100"),
+    (_server("dead_after = 3.5\n"), "f.conf:5: [tunnel] dead_after", "integer"),
+    (_server("dead_after = -3\n"), "f.conf:5: [tunnel] dead_after", "integer"),
+    (_server("dead_after = three\n"), "f.conf:5: [tunnel] dead_after", "integer"),
+    (_server("dead_after = 300ms\n"), "f.conf:5: [tunnel] dead_after", "integer"),
+    (_server("hold_down = 61s\n"), "f.conf:5: [tunnel] hold_down",
+     "between 0 and 60s, got '61s'"),
+    (_server("hold_down = -1\n"), "f.conf:5: [tunnel] hold_down", "expected a duration"),
+    (_server("hold_down = later\n"), "f.conf:5: [tunnel] hold_down", "expected a duration"),
+    (_server("[path wan1]\npriority = 1\n"), "f.conf:5: [path wan1]",
+     "the server learns paths from the client"),
     # paths
     (_server("[path wan1]\ninterface = wan1\n"), "f.conf:5: [path wan1]",
      "the server learns paths from the client"),
@@ -279,6 +378,51 @@ ERRORS = [
      "f.conf:7: [path a] peer", "port must be 1..65535"),
     (_client(paths="[path a]\ninterface = wan1\n[path b]\ninterface = wan1\n"),
      "f.conf:8: [path b] interface", "already used by [path a]"),
+    # priority, gateway, table
+    (_client(paths="[path a]\ninterface = a\npriority = 256\n"),
+     "f.conf:7: [path a] priority", "must be an integer 0..255, got '256'"),
+    (_client(paths="[path a]\ninterface = a\npriority = -1\n"),
+     "f.conf:7: [path a] priority", "0..255"),
+    (_client(paths="[path a]\ninterface = a\npriority = 1.5\n"),
+     "f.conf:7: [path a] priority", "integer"),
+    (_client(paths="[path a]\ninterface = a\npriority = backup\n"),
+     "f.conf:7: [path a] priority", "integer"),
+    (_client(paths="[path a]\ninterface = a\ngateway = 198.18.1\n"),
+     "f.conf:7: [path a] gateway", "not an IP address: '198.18.1'"),
+    (_client(paths="[path a]\ninterface = a\ngateway = 198.18.1.0/24\n"),
+     "f.conf:7: [path a] gateway", "not an IP address"),
+    (_client(paths="[path a]\ninterface = a\ngateway = 0.0.0.0\n"),
+     "f.conf:7: [path a] gateway", "unicast"),
+    (_client(paths="[path a]\ninterface = a\ngateway = fe80::1\n"),
+     "f.conf:7: [path a] gateway",
+     "IPv6 address 'fe80::1' but the path's peer 198.18.10.2:4700 is IPv4"),
+    (_client(paths="[path a]\ninterface = a\npeer = [fd00::2]:4700\ngateway = 10.0.0.1\n"),
+     "f.conf:8: [path a] gateway", "IPv4 address '10.0.0.1' but the path's peer "
+     "[fd00::2]:4700 is IPv6"),
+    (_client(paths="[path a]\ninterface = a\ntable = 0\n"), "f.conf:7: [path a] table",
+     "must be an integer 1..2147483647, got '0'"),
+    (_client(paths="[path a]\ninterface = a\ntable = 2147483648\n"),
+     "f.conf:7: [path a] table", "1..2147483647"),
+    (_client(paths="[path a]\ninterface = a\ntable = main\n"), "f.conf:7: [path a] table",
+     "integer"),
+    (_client(paths="[path a]\ninterface = a\ntable = 10.5\n"), "f.conf:7: [path a] table",
+     "integer"),
+    (_client(paths="[path a]\ninterface = a\ntable = 253\n"), "f.conf:7: [path a] table",
+     "table 253 is the kernel's default table; 253 (default), 254 (main), 255 (local) "
+     "are reserved"),
+    (_client(paths="[path a]\ninterface = a\ntable = 254\n"), "f.conf:7: [path a] table",
+     "the kernel's main table"),
+    (_client(paths="[path a]\ninterface = a\ntable = 255\n"), "f.conf:7: [path a] table",
+     "the kernel's local table"),
+    (_client(paths="[path a]\ninterface = a\ntable = 1001\n[path b]\ninterface = b\n"
+             "[path c]\ninterface = c\ntable = 1001\n"),
+     "f.conf:12: [path c] table", "table 1001 is already used by [path a]"),
+    # an explicit table may not be the default (1000 + index) of a path without one
+    (_client(paths="[path a]\ninterface = a\ntable = 1001\n[path b]\ninterface = b\n"),
+     "f.conf:7: [path a] table", "table 1001 is the default table of [path b] "
+     "(1000 + its index 1)"),
+    (_client(paths="[path a]\ninterface = a\n[path b]\ninterface = b\ntable = 1000\n"),
+     "f.conf:9: [path b] table", "default table of [path a]"),
     (_client(paths="".join(f"[path p{i}]\ninterface = e{i}\n" for i in range(17))),
      "f.conf:37: [path p16]", "too many paths (at most 16)"),
 ]

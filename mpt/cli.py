@@ -53,14 +53,20 @@ def mptd_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _pct(x) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
 def _status_table(st: dict) -> str:
-    rows = [("PATH", "DEVICE", "STATE", "LOCAL -> REMOTE", "RTT", "SHARE",
+    rows = [("PATH", "DEVICE", "STATE", "LOCAL -> REMOTE", "RTT", "LOSS OUT/IN", "SHARE",
              "TX PKTS", "TX BYTES", "RX PKTS", "RX BYTES")]
     for p in st["paths"]:
         rtt = f"{p['rtt_ms']:.1f}ms" if p["rtt_ms"] is not None else "-"
-        rows.append((p["name"], p["device"] or "-", p["state"],
+        state = p["state"] + ("" if p["active"] or p["state"] != "up" else " (standby)")
+        rows.append((p["name"], p["device"] or "-", state,
                      f"{p['local'] or '-'} -> {p['remote'] or '-'}", rtt,
-                     f"{p['share'] * 100:.1f}%", str(p["tx_packets"]), str(p["tx_bytes"]),
+                     f"{_pct(p['loss_out'])}/{_pct(p['loss_in'])}", _pct(p["share"]),
+                     str(p["tx_packets"]), str(p["tx_bytes"]),
                      str(p["rx_packets"]), str(p["rx_bytes"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"{st['tunnel']} ({st['role']}) mtu {st['mtu']} hold {st['hold_ms']}ms"]
@@ -79,6 +85,9 @@ def mptctl_main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("status", help="one row per path")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    pa = sub.add_parser("path", help="take a path out of service by hand, or back")
+    pa.add_argument("name")
+    pa.add_argument("state", choices=("up", "down"))
     args = ap.parse_args(argv)
 
     from .config import ConfigError, load
@@ -90,12 +99,18 @@ def mptctl_main(argv: list[str] | None = None) -> int:
             path = load(args.config).control
         except ConfigError as e:
             return _fail("mptctl", str(e), EXIT_CONFIG)
+    req = {"cmd": args.cmd}
+    if args.cmd == "path":
+        req.update(name=args.name, state=args.state)
     try:
-        reply = request(path, {"cmd": args.cmd})
+        reply = request(path, req)
     except ControlError as e:
         return _fail("mptctl", str(e), EXIT_RUNTIME)
     reply.pop("ok", None)
-    print(json.dumps(reply, indent=2) if args.json else _status_table(reply))
+    if args.cmd == "path":
+        print(f"path {reply['path']}: {reply['state']}")
+    else:
+        print(json.dumps(reply, indent=2) if args.json else _status_table(reply))
     return 0
 
 

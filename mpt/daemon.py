@@ -1,7 +1,9 @@
 """mptd: asyncio (uvloop) wiring of config, TUN device, path sockets, the C
-datapath, hellos and the control socket.
+datapath, path health, netlink and the control socket.
 
 Python sets policy and answers control packets; the C thread moves data.
+A watch tick every WATCH_TICK reads the datapath's counters and drives the
+path state machines (mpt/path.py): probes, silence, stalls.
 """
 from __future__ import annotations
 
@@ -14,33 +16,20 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from . import control, scheduler, wire
+from . import control, netlink, scheduler, wire
 from .config import TunnelConfig
 from .datapath import MAX_PATHS, Datapath, socket_address, unpack_sockaddr
-from .path import PathHealth
+from .path import HealthConfig, PathHealth, State, StallDetector
 from .tun import Tun, interface_mtu
 
 log = logging.getLogger("mptd")
 
 SOCK_BUF = 4 << 20
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33   # Linux; not exported by the socket module
-DEAD_AFTER_HELLOS = 3      # a path unanswered this many keepalive intervals is down
 SERVER_MTU = 1500 - 40 - 8 - wire.HDR_LEN - wire.TAG_RESERVE   # safe on IPv6 paths
-STARTUP_HELLOS = 0.1       # hello interval until a client path first comes up
-
-
-@dataclass
-class Path:
-    index: int
-    name: str
-    weight: float
-    health: PathHealth
-    interface: str | None = None
-    local: str | None = None
-    peer: tuple[str, int] | None = None
-    sock: socket.socket | None = None
-    last_error: str | None = None
-    counters: dict = field(default_factory=dict)
+WATCH_TICK = 0.01           # how often counters are read and paths checked
+IN_USE_WINDOW = 0.5         # a path that sent data this recently is "in use"
+TABLE_BASE = 1000           # default routing table of path i: TABLE_BASE + i
 
 
 def _tune(sock: socket.socket) -> None:
@@ -65,15 +54,53 @@ def default_mtu(cfg: TunnelConfig) -> int:
     return max(576, min(mtus))
 
 
+@dataclass
+class Path:
+    index: int
+    name: str
+    weight: float
+    priority: int = 0
+    health: PathHealth | None = None
+    interface: str | None = None
+    local: str | None = None
+    peer: tuple | None = None                 # client: the server; server: the client
+    sock: socket.socket | None = None
+    routes: netlink.PathRoutes | None = None
+    last_error: str | None = None
+    last_probe: float | None = None
+    last_tx: int = 0
+    last_tx_change: float = 0.0
+    last_rx: int = 0
+    stall: StallDetector = field(default_factory=StallDetector)
+    # server side: what the client told us
+    heard: float = 0.0
+    interval: float = 0.1
+    client_usable: bool = False
+    reply_to: tuple | None = None              # server: peer in the listen socket's form
+    peer_tx: int = 0                           # the other side's counters for this path
+    peer_rx: int = 0
+
+    @property
+    def usable(self) -> bool:
+        return self.health.usable
+
+    @property
+    def state(self) -> str:
+        return self.health.state.value
+
+
 class Daemon:
     def __init__(self, cfg: TunnelConfig):
         self.cfg = cfg
         self.server = cfg.role == "server"
         self.session = secrets.randbelow(0xFFFF) + 1
-        self.dead_after = DEAD_AFTER_HELLOS * cfg.keepalive
+        self.hcfg = HealthConfig(cfg.probe_interval, cfg.idle_probe_interval, cfg.dead_after,
+                                 cfg.hold_down)
         self.paths: dict[int, Path] = {}
         self.tun: Tun | None = None
         self.dp: Datapath | None = None
+        self.nl: netlink.Netlink | None = None
+        self.watcher: netlink.LinkWatcher | None = None
         self.listen_sock: socket.socket | None = None
         self.ctrl_rx: socket.socket | None = None
         self.ctrl_tx: socket.socket | None = None
@@ -81,12 +108,13 @@ class Daemon:
         self.started = time.monotonic()
         self.bad_control = 0
         self.stopping: asyncio.Event | None = None
+        self.table: list = []
 
-    # -- setup -------------------------------------------------------------
+    # -- setup ---------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the device, sockets and datapath.  Called before the event
-        loop starts: pyroute2's synchronous IPRoute cannot run inside one."""
+        """Create the device, sockets, routing and datapath.  Called before
+        the event loop starts (pyroute2's IPRoute cannot run inside one)."""
         cfg = self.cfg
         self.mtu = cfg.mtu or default_mtu(cfg)
         self.tun = Tun(cfg.name)
@@ -98,16 +126,29 @@ class Daemon:
             self._open_listen()
         listen_fd = self.listen_sock.fileno() if self.server else -1
         self.dp = Datapath(self.tun.fd, self.ctrl_tx.fileno(), listen_fd, self.session,
-                           self.hold, self.dead_after)
+                           self.hold, self._alive_window())
         if not self.server:
+            self.nl = netlink.Netlink()
             for i, pc in enumerate(cfg.paths):
-                self.paths[i] = Path(
-                    index=i, name=pc.name, weight=pc.weight,
-                    health=PathHealth(self.dead_after), interface=pc.interface,
+                fam = netlink.AF_INET6 if pc.peer.host.version == 6 else netlink.AF_INET
+                p = self.paths[i] = Path(
+                    index=i, name=pc.name, weight=pc.weight, priority=pc.priority,
+                    health=PathHealth(self.hcfg, since=time.monotonic()),
+                    interface=pc.interface,
                     local=str(pc.local) if pc.local else None,
-                    peer=(str(pc.peer.host), pc.peer.port))
-                self._open_path_socket(self.paths[i])
+                    peer=(str(pc.peer.host), pc.peer.port),
+                    routes=netlink.PathRoutes(
+                        table=pc.table or TABLE_BASE + i, interface=pc.interface,
+                        local=str(pc.local) if pc.local else None, family=fam,
+                        gateway=str(pc.gateway) if pc.gateway else None))
+                self.nl.run(netlink.learn_routes, p.routes)
+                self.nl.run(netlink.install, p.routes)
+                self._open_path_socket(p)
         self.dp.start()
+
+    def _alive_window(self) -> float:
+        """How long the receiver keeps counting a silent path as live."""
+        return self.cfg.dead_after * self.cfg.idle_probe_interval
 
     def _open_listen(self) -> None:
         ep = self.cfg.listen
@@ -128,10 +169,10 @@ class Daemon:
         self.listen_sock = s
 
     def _open_path_socket(self, p: Path) -> bool:
-        """(Re)open a client path's socket; on failure the path stays out
-        and the next keepalive tick tries again."""
-        host = p.peer[0]
-        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        """(Re)open a client path's socket.  The datapath moves to the new fd
+        before the old one is closed.  On failure the path stays out and the
+        next tick or link event tries again."""
+        fam = socket.AF_INET6 if ":" in p.peer[0] else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_DGRAM)
         try:
             if p.interface:
@@ -145,38 +186,74 @@ class Daemon:
                 p.last_error = msg
             return False
         _tune(s)
-        p.sock, p.last_error = s, None
+        old, p.sock, p.last_error = p.sock, s, None
         self.dp.set_path(p.index, s.fileno(), p.peer, p.weight, False)
+        if old is not None:
+            self.dp.sync()
+            old.close()
+        self.table = []   # force a push of the full table
+        self._push_table()
         return True
 
-    # -- policy --------------------------------------------------------------
+    # -- policy ----------------------------------------------------------------
 
     def _push_table(self) -> None:
-        for e in scheduler.path_table(self.paths.values()):
-            p = self.paths[e.index]
-            fd = p.sock.fileno() if p.sock else (self.listen_sock.fileno() if self.server else -1)
-            peer = None if self.server else p.peer
-            self.dp.set_path(e.index, fd, peer, e.weight, e.active)
+        table = scheduler.path_table(self.paths.values())
+        if table != self.table:
+            for e in table:
+                p = self.paths[e.index]
+                if self.server:
+                    fd, peer = self.listen_sock.fileno(), None
+                else:
+                    fd, peer = (p.sock.fileno() if p.sock else -1), p.peer
+                self.dp.set_path(e.index, fd, peer, e.weight, e.active)
+            self.table = table
         rtts = [p.health.rtt.srtt for p in self.paths.values()
-                if p.health.up and p.health.rtt.srtt is not None]
+                if p.usable and p.health.rtt.srtt is not None]
         hold = scheduler.hold_time(self.cfg.hold_time, rtts)
         if abs(hold - self.hold) > 0.001:
             self.hold = hold
-            self.dp.set_hold(hold, self.dead_after)
+            self.dp.set_hold(hold, self._alive_window())
 
-    # -- control packets -----------------------------------------------------
+    def _usable_mask(self) -> int:
+        return sum(1 << p.index for p in self.paths.values() if p.usable)
 
-    def _send_hello(self, p: Path, kind: str, echo_ns: int = 0, to=None) -> None:
+    def _state_changed(self, p: Path, new: State, why: str) -> None:
+        log.info("path %s %s (%s)", p.name, new.value, why)
+        self._push_table()
+        if not self.server:
+            # tell the server at once, on every path that works
+            now = time.monotonic()
+            for q in self.paths.values():
+                if q.usable or q is p:
+                    self._probe(q, now)
+
+    # -- control packets ---------------------------------------------------------
+
+    def _send(self, p: Path, kind: str, to=None, **fields) -> None:
         c = self.dp.counters()["path"][p.index]
         pkt = wire.build_control(p.index, self.session, kind=kind, weight=p.weight,
-                                 sent_ns=time.monotonic_ns(), echo_ns=echo_ns,
+                                 priority=p.priority, sent_ns=time.monotonic_ns(),
                                  tx_packets=c["tx_packets"], rx_packets=c["rx_packets"],
-                                 name=p.name)
+                                 name=p.name, **fields)
         sock = self.listen_sock if self.server else p.sock
+        if sock is None:
+            return
         try:
-            sock.sendto(pkt, to or p.peer)
+            sock.sendto(pkt, to or p.reply_to or p.peer)
         except OSError as e:
-            log.debug("path %s: hello not sent: %s", p.name, e.strerror)
+            log.debug("path %s: %s not sent: %s", p.name, kind, e.strerror)
+
+    def _probe(self, p: Path, now: float) -> None:
+        p.last_probe = now
+        self._send(p, "probe", interval_ms=min(65535, int(p.health.interval() * 1000)),
+                   usable=self._usable_mask())
+
+    def _report_stall(self, p: Path) -> None:
+        """Tell the peer its data stopped arriving on p, over the other paths."""
+        for q in self.paths.values():
+            if q is not p and (q.usable if not self.server else q.client_usable):
+                self._send(q, "stall", about=p.index)
 
     def _on_control_readable(self) -> None:
         for _ in range(64):
@@ -202,61 +279,143 @@ class Daemon:
                 self.bad_control += 1
                 continue
             if self.server:
-                self._server_hello(idx, src, reply_to, msg)
+                self._server_control(idx, src, reply_to, msg)
             else:
-                self._client_ack(idx, fd, msg)
+                self._client_control(idx, fd, msg)
 
-    def _server_hello(self, idx: int, src, reply_to, msg) -> None:
-        """The C side has already learned the path's address from this
-        packet; here the path enters the schedule and the hello is answered."""
-        if msg.kind != "hello":
+    def _server_control(self, idx: int, src, reply_to, msg) -> None:
+        """The C side has already learned the path's address from this packet."""
+        now = time.monotonic()
+        p = self.paths.get(idx)
+        if msg.kind == "stall":
+            q = self.paths.get(msg.about)
+            if q is not None and q.client_usable:
+                q.client_usable = False     # until the client's next mask says otherwise
+                self._server_tick(q, now)
+            return
+        if msg.kind != "probe":
+            self.bad_control += 1
+            return
+        if p is None:
+            p = self.paths[idx] = Path(index=idx, name=msg.name, weight=msg.weight,
+                                       priority=msg.priority,
+                                       health=PathHealth(self.hcfg, since=now))
+            log.info("path %s (%d) learned from %s:%d", msg.name, idx, *src)
+        elif p.peer is not None and p.peer != src:
+            log.info("path %s moved %s:%d -> %s:%d", p.name, *p.peer, *src)
+        p.name, p.weight, p.priority, p.peer = msg.name, msg.weight, msg.priority, src
+        p.reply_to = reply_to
+        p.heard, p.interval = now, max(0.01, msg.interval_ms / 1000)
+        p.peer_tx, p.peer_rx = msg.tx_packets, msg.rx_packets
+        for q in self.paths.values():
+            q.client_usable = bool(msg.usable >> q.index & 1)
+            self._server_tick(q, now)
+        self._send(p, "reply", echo_ns=msg.sent_ns)
+
+    def _client_control(self, idx: int, fd: int, msg) -> None:
+        p = self.paths.get(idx)
+        if p is None or p.sock is None or p.sock.fileno() != fd:
             self.bad_control += 1
             return
         now = time.monotonic()
-        p = self.paths.get(idx)
-        if p is None:
-            p = self.paths[idx] = Path(index=idx, name=msg.name, weight=msg.weight,
-                                       health=PathHealth(self.dead_after))
-            log.info("path %s (%d) learned from %s:%d", msg.name, idx, *src)
-        elif p.peer != src and p.peer is not None:
-            log.info("path %s moved %s:%d -> %s:%d", p.name, *p.peer, *src)
-        changed = p.health.on_reply(now) or p.peer != src or p.weight != msg.weight
-        p.name, p.weight, p.peer = msg.name, msg.weight, src
-        if changed:
-            self.dp.set_path(idx, self.listen_sock.fileno(), None, p.weight, True)
-        self._send_hello(p, "hello_ack", echo_ns=msg.sent_ns, to=reply_to)
-
-    def _client_ack(self, idx: int, fd: int, msg) -> None:
-        p = self.paths.get(idx)
-        if msg.kind != "hello_ack" or p is None or p.sock is None or p.sock.fileno() != fd:
+        if msg.kind == "stall":
+            q = self.paths.get(msg.about)
+            if q is not None:
+                new = q.health.on_stall(now)
+                if new:
+                    self._state_changed(q, new, "the server stopped receiving on it")
+            return
+        if msg.kind != "reply":
             self.bad_control += 1
             return
         rtt = (time.monotonic_ns() - msg.echo_ns) / 1e9
-        if p.health.on_reply(time.monotonic(), rtt if rtt < 60 else None):
-            log.info("path %s up (rtt %.1f ms)", p.name, rtt * 1e3)
-            self._push_table()
+        p.peer_tx, p.peer_rx = msg.tx_packets, msg.rx_packets
+        new = p.health.on_reply(now, sent_at=msg.echo_ns / 1e9, rtt=rtt)
+        if new:
+            self._state_changed(p, new, f"rtt {rtt * 1e3:.1f} ms")
 
-    # -- timers ----------------------------------------------------------------
+    # -- links -------------------------------------------------------------------
 
-    async def _keepalive(self) -> None:
+    def _on_link_change(self, name: str) -> None:
+        link = self.watcher.links[name]
+        now = time.monotonic()
+        for p in self.paths.values():
+            if p.interface != name:
+                continue
+            ok = link.usable(p.routes.family, p.local)
+            was = p.health.link_ok
+            new = p.health.on_link(now, ok)
+            if ok and not was:
+                # the link is back (maybe with a new address, maybe a new device)
+                asyncio.get_running_loop().create_task(self.nl.call(netlink.install, p.routes))
+                self._open_path_socket(p)
+                self._probe(p, now)
+            if new:
+                self._state_changed(p, new, "link up" if ok else "link down or address gone")
+
+    # -- timers ------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Every WATCH_TICK: counters → in-use, data arrivals, stalls; path
+        state machines; probes due."""
         while True:
             now = time.monotonic()
-            changed = False
+            counters = self.dp.counters()["path"]
+            flowing = set()
             for p in list(self.paths.values()):
-                if not self.server:
-                    if p.sock is None and not self._open_path_socket(p):
-                        continue
-                    self._send_hello(p, "hello")
-                if p.health.on_tick(now):
-                    log.warning("path %s down: no answer for %.1f s", p.name, self.dead_after)
-                    changed = True
-            if changed:
-                self._push_table()
-            starting = not self.server and not any(p.health.up for p in self.paths.values())
-            await asyncio.sleep(min(STARTUP_HELLOS, self.cfg.keepalive) if starting
-                                else self.cfg.keepalive)
+                c = counters[p.index]
+                if c["tx_packets"] != p.last_tx:
+                    p.last_tx, p.last_tx_change = c["tx_packets"], now
+                if c["rx_packets"] != p.last_rx:
+                    p.last_rx = c["rx_packets"]
+                    p.health.on_data(now)
+                    p.heard = now
+                p.stall.update(now, c["rx_packets"])
+                if p.stall.active(now):
+                    flowing.add(p.index)
+            for p in list(self.paths.values()):
+                if p.stall.stalled(now, bool(flowing - {p.index})):
+                    self._on_stall_detected(p, now)
+                if self.server:
+                    self._server_tick(p, now)
+                else:
+                    self._client_tick(p, now)
+            await asyncio.sleep(WATCH_TICK)
 
-    # -- status ------------------------------------------------------------------
+    def _on_stall_detected(self, p: Path, now: float) -> None:
+        log.info("path %s: data stopped arriving while other paths deliver", p.name)
+        self._report_stall(p)
+        if not self.server:
+            new = p.health.on_stall(now)
+            if new:
+                self._state_changed(p, new, "no data from the server on it")
+
+    def _client_tick(self, p: Path, now: float) -> None:
+        h = p.health
+        h.in_use = now - p.last_tx_change < IN_USE_WINDOW
+        if p.sock is None and h.link_ok and not self._open_path_socket(p):
+            return
+        new = h.tick(now)
+        if new:
+            self._state_changed(p, new, f"silent for {h.dead_time():.2f} s"
+                                if new is State.DOWN else "hold-down over")
+        if h.probe_due(now, p.last_probe):
+            self._probe(p, now)
+        h.loss_out.sample(now, p.last_tx, p.peer_rx)
+        h.loss_in.sample(now, p.peer_tx, p.last_rx)
+
+    def _server_tick(self, p: Path, now: float) -> None:
+        """The server follows the client: a path carries return traffic while
+        the client says it is usable and it is not silent."""
+        fresh = now - p.heard <= self.cfg.dead_after * p.interval
+        want = State.UP if fresh and p.client_usable else State.DOWN
+        if p.health.state is not want:
+            p.health.state, p.health.since = want, now
+            self._state_changed(p, want, "client says so" if fresh else "silent")
+        p.health.loss_out.sample(now, p.last_tx, p.peer_rx)
+        p.health.loss_in.sample(now, p.peer_tx, p.last_rx)
+
+    # -- status and commands -------------------------------------------------------
 
     def status(self) -> dict:
         c = self.dp.counters()
@@ -264,18 +423,26 @@ class Daemon:
         total_tx = sum(c["path"][p.index]["tx_bytes"] for p in self.paths.values()) or 1
         for p in sorted(self.paths.values(), key=lambda p: p.index):
             pc = c["path"][p.index]
+            h = p.health
             local = None
             sock = p.sock if not self.server else self.listen_sock
             if sock is not None:
                 host, port = sock.getsockname()[:2]
                 local = f"{host}:{port}"
             peer = self.dp.peer(p.index) if self.server else p.peer
+            srtt = h.rtt.srtt
             paths.append({
                 "name": p.name, "index": p.index, "device": p.interface,
                 "local": local, "remote": f"{peer[0]}:{peer[1]}" if peer else None,
-                "state": "up" if p.health.up else "down", "weight": p.weight,
-                "rtt_ms": round(p.health.rtt.srtt * 1e3, 3) if p.health.rtt.srtt else None,
+                "state": h.state.value,
+                "active": any(e.index == p.index and e.active for e in self.table),
+                "weight": p.weight, "priority": p.priority,
+                "rtt_ms": round(srtt * 1e3, 3) if srtt else None,
+                "rttvar_ms": round(h.rtt.rttvar * 1e3, 3) if h.rtt.rttvar else None,
+                "loss_out": round(h.loss_out.loss, 4) if h.loss_out.loss is not None else None,
+                "loss_in": round(h.loss_in.loss, 4) if h.loss_in.loss is not None else None,
                 "share": round(pc["tx_bytes"] / total_tx, 4),
+                "flaps": h.flaps,
                 **pc,
                 "error": p.last_error,
             })
@@ -290,9 +457,24 @@ class Daemon:
         cmd = req.get("cmd")
         if cmd == "status":
             return self.status()
+        if cmd == "path":
+            return self._admin(req.get("name"), req.get("state"))
         raise ValueError(f"unknown command {cmd!r}")
 
-    # -- run -------------------------------------------------------------------
+    def _admin(self, name, state) -> dict:
+        if self.server:
+            raise ValueError("paths are taken up and down on the client")
+        if state not in ("up", "down"):
+            raise ValueError(f"state must be up or down, not {state!r}")
+        for p in self.paths.values():
+            if p.name == name:
+                new = p.health.on_admin(time.monotonic(), state == "up")
+                if new:
+                    self._state_changed(p, new, "by hand")
+                return {"path": name, "state": p.health.state.value}
+        raise ValueError(f"no path named {name!r}")
+
+    # -- run ---------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT/SIGHUP; the caller closes afterwards."""
@@ -304,8 +486,14 @@ class Daemon:
         tasks = []
         try:
             loop.add_reader(self.ctrl_rx.fileno(), self._on_control_readable)
+            if not self.server:
+                names = {p.interface for p in self.paths.values() if p.interface}
+                self.watcher = netlink.LinkWatcher(names, self._on_link_change)
+                self.watcher.start(loop, await self.nl.call(netlink.dump))
+                for name in names:
+                    self._on_link_change(name)
             server = await control.serve(self.cfg.control, self._handle)
-            tasks.append(asyncio.create_task(self._keepalive()))
+            tasks.append(asyncio.create_task(self._watch()))
             log.info("%s up: %s, mtu %d, %d path(s)", self.cfg.name, self.cfg.role, self.mtu,
                      len(self.cfg.paths))
             done = asyncio.create_task(self.stopping.wait())
@@ -322,6 +510,8 @@ class Daemon:
                     os.unlink(self.cfg.control)
                 except OSError:
                     pass
+            if self.watcher is not None:
+                self.watcher.close(loop)
             if self.ctrl_rx is not None:
                 loop.remove_reader(self.ctrl_rx.fileno())
 
@@ -329,6 +519,12 @@ class Daemon:
         if self.dp is not None:
             self.dp.close()
             self.dp = None
+        if self.nl is not None:
+            for p in self.paths.values():
+                if p.routes is not None:
+                    self.nl.run(netlink.remove, p.routes)
+            self.nl.close()
+            self.nl = None
         for p in self.paths.values():
             if p.sock is not None:
                 p.sock.close()

@@ -1,13 +1,39 @@
-"""One path's health as the control plane sees it: sans-I/O, fed with
-timestamps and hello replies, tested without sockets.
+"""One path's health as the control plane sees it: sans-I/O state machine and
+estimators, fed with timestamps and events, tested without sockets.
 
-For now a path is up while hellos are answered and goes down when none has
-been answered for `dead_after` seconds; the full probing → up → suspect →
-down machine comes with the path-health work.
+    probing ──(up_after replies, hold-down over)──► up
+       ▲                                            │ the peer reports our data
+       │                                            ▼ stalled on this path
+       │ a reply, or the link is back            suspect (out of the schedule,
+       │                                            │  back to up on a fresh reply)
+       └──────────────── down ◄─────────────────────┘
+                 silent dead_after probe intervals, carrier lost,
+                 address removed, or taken down by hand
+
+Only `up` carries data.  "Silent" means nothing at all arrived on the path:
+no probe reply and no data.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+
+UP_AFTER = 2              # consecutive replies that bring a probing path up
+
+
+class State(enum.Enum):
+    PROBING = "probing"
+    UP = "up"
+    SUSPECT = "suspect"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    probe_interval: float = 0.1        # a path in use or being brought up
+    idle_probe_interval: float = 0.3   # an idle path
+    dead_after: int = 3                # silent this many intervals: down
+    hold_down: float = 0.5             # no re-admission sooner after a failure
 
 
 @dataclass
@@ -26,26 +52,189 @@ class RttEstimator:
 
 
 @dataclass
+class LossEstimator:
+    """Loss of one direction from two cumulative counters: packets sent on
+    the path by one side and packets received by the other.  Evaluated over
+    windows of at least `window` seconds so packets in flight hardly matter;
+    smoothed across windows."""
+
+    window: float = 1.0
+    loss: float | None = None
+    _start: tuple[float, int, int] | None = None
+
+    def sample(self, now: float, sent: int, received: int) -> None:
+        if self._start is None or sent < self._start[1] or received < self._start[2]:
+            self._start = (now, sent, received)   # first sample, or the peer restarted
+            return
+        t0, s0, r0 = self._start
+        if now - t0 < self.window:
+            return
+        ds, dr = sent - s0, received - r0
+        if ds > 0:
+            x = min(1.0, max(0.0, 1 - dr / ds))
+            self.loss = x if self.loss is None else 0.5 * self.loss + 0.5 * x
+        self._start = (now, sent, received)
+
+
+@dataclass
 class PathHealth:
-    dead_after: float
-    up: bool = False
-    last_heard: float | None = None
+    cfg: HealthConfig = field(default_factory=HealthConfig)
+    state: State = State.PROBING
+    since: float = 0.0                 # when the state was entered
+    last_heard: float | None = None    # last reply or data
+    failed_at: float | None = None     # last failure (down or suspect): hold-down start
+    suspect_at: float | None = None
+    replies: int = 0                   # consecutive, while probing
+    link_ok: bool = True               # carrier and address, per netlink
+    admin_up: bool = True              # mptctl path NAME up|down
+    in_use: bool = False               # carried data lately: probe at the fast rate
+    flaps: int = 0
     rtt: RttEstimator = field(default_factory=RttEstimator)
+    loss_out: LossEstimator = field(default_factory=LossEstimator)
+    loss_in: LossEstimator = field(default_factory=LossEstimator)
 
-    def on_reply(self, now: float, rtt: float | None = None) -> bool:
-        """A hello (server) or hello_ack (client) arrived.  True if the path
-        just came up."""
+    @property
+    def usable(self) -> bool:
+        """May carry data."""
+        return self.state is State.UP
+
+    def interval(self) -> float:
+        busy = self.in_use or self.state is not State.UP
+        return self.cfg.probe_interval if busy else self.cfg.idle_probe_interval
+
+    def dead_time(self) -> float:
+        return self.cfg.dead_after * self.interval()
+
+    def _enter(self, state: State, now: float) -> State | None:
+        if state is self.state:
+            return None
+        if self.state is State.UP:
+            self.flaps += 1
+        if state in (State.DOWN, State.SUSPECT):
+            self.failed_at = now
+        self.state, self.since = state, now
+        if state is State.PROBING:
+            self.replies = 0
+        return state
+
+    # -- events; each returns the new state when it changed, else None --------
+
+    def on_reply(self, now: float, sent_at: float | None = None,
+                 rtt: float | None = None) -> State | None:
+        """A probe reply came back (`sent_at`: when that probe left)."""
         self.last_heard = now
-        if rtt is not None and rtt >= 0:
+        if rtt is not None and 0 <= rtt < 60:
             self.rtt.sample(rtt)
-        if not self.up:
-            self.up = True
+        if not self.link_ok or not self.admin_up:
+            return None
+        if self.state is State.SUSPECT:
+            # only a probe sent after the stall proves the path works again
+            if sent_at is not None and self.suspect_at is not None and sent_at > self.suspect_at:
+                return self._enter(State.UP, now)
+            return None
+        if self.state is State.DOWN:
+            changed = self._enter(State.PROBING, now)
+            self.replies = 1
+            return changed
+        if self.state is State.PROBING:
+            self.replies += 1
+            return self._maybe_up(now)
+        return None
+
+    def on_data(self, now: float) -> None:
+        """Data arrived on the path: it is not silent."""
+        self.last_heard = now
+
+    def on_stall(self, now: float) -> State | None:
+        """The peer reports that our data stopped arriving on this path."""
+        if self.state is not State.UP:
+            return None
+        self.suspect_at = now
+        return self._enter(State.SUSPECT, now)
+
+    def on_link(self, now: float, ok: bool) -> State | None:
+        """Netlink: carrier and address present (ok) or gone."""
+        self.link_ok = ok
+        if not ok:
+            return self._enter(State.DOWN, now)
+        if self.state is State.DOWN and self.admin_up:
+            return self._enter(State.PROBING, now)
+        return None
+
+    def on_admin(self, now: float, up: bool) -> State | None:
+        self.admin_up = up
+        if not up:
+            return self._enter(State.DOWN, now)
+        if self.state is State.DOWN and self.link_ok:
+            return self._enter(State.PROBING, now)
+        return None
+
+    def tick(self, now: float) -> State | None:
+        """Periodic check: silence takes the path down, and a probing path
+        that has its replies comes up once the hold-down is over."""
+        if self.state is State.PROBING:
+            changed = self._maybe_up(now)
+            if changed:
+                return changed
+        if self.state is State.DOWN:
+            return None
+        ref = self.last_heard if self.last_heard is not None else self.since
+        if now - max(ref, self.since) > self.dead_time():
+            return self._enter(State.DOWN, now)
+        return None
+
+    def _maybe_up(self, now: float) -> State | None:
+        if self.replies < UP_AFTER:
+            return None
+        if self.failed_at is not None and now - self.failed_at < self.cfg.hold_down:
+            return None
+        return self._enter(State.UP, now)
+
+    def probe_due(self, now: float, last_probe: float | None) -> bool:
+        if not self.link_ok or not self.admin_up:
+            return False
+        return last_probe is None or now - last_probe >= self.interval()
+
+
+@dataclass
+class StallDetector:
+    """Receiver side: notices that data stopped arriving on one path while it
+    still arrives on others, long before probes time out, so the sender can
+    take the path out within tens of milliseconds (silent failure).
+
+    Fed with the path's cumulative received-packet counter at each check."""
+
+    min_stall: float = 0.02       # never report a gap shorter than this
+    factor: float = 8.0           # ... or than this many mean inter-arrivals
+    count: int | None = None
+    last_arrival: float | None = None
+    gap_mean: float | None = None     # EWMA of the time per packet
+    reported: bool = False
+
+    def update(self, now: float, count: int) -> None:
+        if self.count is None or count < self.count:
+            self.count, self.last_arrival = count, now
+            return
+        n = count - self.count
+        if n > 0:
+            per = (now - self.last_arrival) / n
+            self.gap_mean = per if self.gap_mean is None else 0.8 * self.gap_mean + 0.2 * per
+            self.count, self.last_arrival = count, now
+            self.reported = False
+
+    def stalled(self, now: float, others_active: bool) -> bool:
+        """True once per stall: a flowing path went quiet while another
+        path kept delivering."""
+        if self.reported or self.gap_mean is None or self.last_arrival is None:
+            return False
+        if not others_active:
+            return False
+        limit = max(self.min_stall, self.factor * self.gap_mean)
+        if now - self.last_arrival > limit:
+            self.reported = True
             return True
         return False
 
-    def on_tick(self, now: float) -> bool:
-        """Periodic check.  True if the path just went down."""
-        if self.up and self.last_heard is not None and now - self.last_heard > self.dead_after:
-            self.up = False
-            return True
-        return False
+    def active(self, now: float, window: float = 0.05) -> bool:
+        return self.last_arrival is not None and now - self.last_arrival <= window \
+            and self.gap_mean is not None

@@ -23,9 +23,14 @@ class PathEntry:
 
 
 def path_table(paths) -> list[PathEntry]:
-    """`paths`: objects with .index, .weight and .health.up.  In `weighted`
-    mode a path carries data while it is up, in proportion to its weight."""
-    return [PathEntry(p.index, p.weight, bool(p.health.up and p.weight > 0)) for p in paths]
+    """`paths`: objects with .index, .weight, .priority and .usable.  In
+    `weighted` mode the usable paths of the best (lowest) priority present
+    carry data, in proportion to their weights; higher priorities are
+    backups, used only while no better path is usable."""
+    paths = list(paths)
+    usable = [p for p in paths if p.usable and p.weight > 0]
+    best = min((p.priority for p in usable), default=None)
+    return [PathEntry(p.index, p.weight, p in usable and p.priority == best) for p in paths]
 
 
 def hold_time(configured: float | None, rtts: list[float]) -> float:

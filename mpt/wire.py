@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from construct import Const, Enum, Float32b, Int8ub, Int64ub, PascalString, Struct
+from construct import Const, Enum, Float32b, Int8ub, Int16ub, Int64ub, PascalString, Struct
 
 VERSION = 1
 TYPE_DATA = 0
@@ -38,27 +38,40 @@ def parse_header(data: bytes) -> tuple[int, int, int, int, int, int]:
     return vt >> 4, vt & 0x0F, path, session, path_seq, seq
 
 
-MessageKind = Enum(Int8ub, hello=1, hello_ack=2)
+MessageKind = Enum(Int8ub, probe=1, reply=2, stall=3)
 
-# A hello goes out on every path each keepalive interval; the other side
-# answers with a hello_ack echoing `sent_ns`.  The client announces each
-# path's name and weight so the server schedules return traffic the same way.
-Hello = Struct(
+# probe: the client sends one on each path every probe interval; it announces
+#        the path's name, weight and priority, its probe interval, and which
+#        of its paths may carry data (`usable`, a bit per path index), so the
+#        server schedules return traffic the same way.
+# reply: the server's answer on the same path, echoing `sent_ns`.
+# stall: either side, as a receiver, reports that data stopped arriving on
+#        path `about`; sent on the other paths.
+# Both probes and replies carry the sender's data counters for that path
+# (loss in each direction).
+Control = Struct(
     "kind" / MessageKind,
     "magic" / Const(b"MPT"),
     "weight" / Float32b,
-    "sent_ns" / Int64ub,    # sender's monotonic clock
-    "echo_ns" / Int64ub,    # hello_ack: the sent_ns being answered
-    "tx_packets" / Int64ub, # data packets the sender sent on this path so far
-    "rx_packets" / Int64ub, # data packets the sender received on this path so far
+    "priority" / Int8ub,
+    "about" / Int8ub,         # stall: the path index concerned
+    "interval_ms" / Int16ub,  # probe: the interval of the next probe
+    "usable" / Int16ub,       # probe: bit i set = path i may carry data
+    "sent_ns" / Int64ub,      # sender's monotonic clock
+    "echo_ns" / Int64ub,      # reply: the sent_ns being answered
+    "tx_packets" / Int64ub,   # data packets the sender sent on this path so far
+    "rx_packets" / Int64ub,   # data packets the sender received on this path so far
     "name" / PascalString(Int8ub, "utf8"),
 )
 
+DEFAULTS = dict(weight=1.0, priority=0, about=0, interval_ms=0, usable=0, sent_ns=0,
+                echo_ns=0, tx_packets=0, rx_packets=0, name="")
+
 
 def build_control(path: int, session: int, **fields) -> bytes:
-    return control_header(path, session) + Hello.build(fields)
+    return control_header(path, session) + Control.build({**DEFAULTS, **fields})
 
 
 def parse_control(data: bytes):
     """The control message after the header; construct raises on garbage."""
-    return Hello.parse(data[HDR_LEN:])
+    return Control.parse(data[HDR_LEN:])

@@ -131,8 +131,7 @@ def test_forged_and_malformed_packets_never_reach_tun(client):
 
 
 def test_control_packets_go_to_python_with_source(client):
-    pkt = wire.build_control(0, 9, kind="hello_ack", weight=1.0, sent_ns=1, echo_ns=2,
-                             tx_packets=0, rx_packets=0, name="wan1")
+    pkt = wire.build_control(0, 9, kind="reply", sent_ns=1, echo_ns=2, name="wan1")
     client["server"].sendto(pkt, client["path"].getsockname())
     (msg,) = recv_all(client["ctrl"])
     fd, alen, raw = wire.CTRL_META.unpack_from(msg)

@@ -83,13 +83,25 @@ def test_long_run_keeps_precision():
 
 
 def _paths(*specs):
-    return [SimpleNamespace(index=i, weight=w, health=SimpleNamespace(up=up))
-            for i, (w, up) in enumerate(specs)]
+    return [SimpleNamespace(index=i, weight=w, usable=up, priority=prio)
+            for i, (w, up, prio) in enumerate(specs)]
 
 
-def test_path_table_activates_only_up_paths():
-    table = scheduler.path_table(_paths((3, True), (1, False)))
+def _active(*specs):
+    return [e.index for e in scheduler.path_table(_paths(*specs)) if e.active]
+
+
+def test_path_table_activates_only_usable_paths():
+    table = scheduler.path_table(_paths((3, True, 0), (1, False, 0)))
     assert [(e.index, e.weight, e.active) for e in table] == [(0, 3, True), (1, 1, False)]
+
+
+def test_backup_carries_data_only_while_no_better_path_is_usable():
+    assert _active((1, True, 0), (1, True, 0), (1, True, 1)) == [0, 1]
+    assert _active((1, False, 0), (1, True, 0), (1, True, 1)) == [1]
+    assert _active((1, False, 0), (1, False, 0), (1, True, 1)) == [2]
+    assert _active((1, False, 0), (1, True, 2), (1, True, 1)) == [2]
+    assert _active((1, False, 0), (1, False, 2)) == []
 
 
 def test_hold_time_configured_wins():

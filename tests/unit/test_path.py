@@ -1,0 +1,162 @@
+"""Path health: the state machine and estimators, without sockets."""
+import pytest
+
+from mpt.path import (UP_AFTER, HealthConfig, LossEstimator, PathHealth, RttEstimator,
+                      StallDetector, State)
+
+CFG = HealthConfig(probe_interval=0.1, idle_probe_interval=0.3, dead_after=3, hold_down=0.5)
+
+
+def up_path(now=0.0):
+    h = PathHealth(CFG, since=now)
+    for i in range(UP_AFTER):
+        h.on_reply(now + 0.01 * i, sent_at=now)
+    assert h.state is State.UP
+    return h
+
+
+def test_starts_probing_and_comes_up_after_replies():
+    h = PathHealth(CFG, since=0.0)
+    assert h.state is State.PROBING and not h.usable
+    assert h.on_reply(0.01, sent_at=0.0, rtt=0.01) is None
+    assert h.on_reply(0.11, sent_at=0.1, rtt=0.01) is State.UP
+    assert h.usable
+
+
+def test_silence_for_dead_after_intervals_takes_it_down():
+    h = up_path()
+    h.in_use = True
+    h.on_reply(1.0, sent_at=0.99)
+    assert h.tick(1.0 + 0.29) is None
+    assert h.tick(1.0 + 0.31) is State.DOWN
+    assert not h.usable
+
+
+def test_idle_path_is_probed_slowly_but_dies_within_a_second():
+    h = up_path()
+    h.in_use = False
+    assert h.interval() == CFG.idle_probe_interval
+    assert h.probe_due(1.0, 0.75) is False and h.probe_due(1.0, 0.7) is True
+    h.on_reply(1.0)
+    assert h.tick(1.85) is None
+    assert h.tick(1.91) is State.DOWN       # 3 x 300 ms: within about a second
+
+
+def test_data_counts_as_not_silent():
+    h = up_path()
+    h.in_use = True
+    for t in range(1, 20):
+        h.on_data(t * 0.1)
+        assert h.tick(t * 0.1 + 0.05) is None
+
+
+def test_stall_makes_suspect_and_only_a_fresh_reply_restores():
+    h = up_path()
+    assert h.on_stall(1.0) is State.SUSPECT and not h.usable
+    assert h.on_reply(1.02, sent_at=0.95) is None      # a probe from before the stall
+    assert h.state is State.SUSPECT
+    assert h.on_reply(1.12, sent_at=1.05) is State.UP
+    assert h.flaps == 1
+
+
+def test_suspect_path_that_stays_silent_goes_down():
+    h = up_path()
+    h.on_reply(1.0)
+    h.on_stall(1.0)
+    assert h.tick(1.31) is State.DOWN
+
+
+def test_link_loss_is_immediate_and_link_return_probes_again():
+    h = up_path()
+    assert h.on_link(1.0, False) is State.DOWN
+    assert not h.probe_due(1.5, None)                  # nothing to send on
+    assert h.on_reply(1.1) is None                     # stale reply changes nothing
+    assert h.on_link(2.0, True) is State.PROBING
+    assert h.probe_due(2.0, None)
+    h.on_reply(2.05)
+    assert h.on_reply(2.15) is State.UP
+
+
+def test_hold_down_delays_readmission_after_leaving():
+    h = up_path()
+    h.on_link(1.0, False)
+    h.on_link(1.1, True)
+    h.on_reply(1.12)
+    assert h.on_reply(1.2) is None                     # replies enough, but hold-down
+    assert h.tick(1.45) is None
+    assert h.tick(1.51) is State.UP                    # 0.5 s after it left
+
+
+def test_admin_down_and_up():
+    h = up_path()
+    assert h.on_admin(1.0, False) is State.DOWN
+    assert h.on_reply(1.1) is None and h.state is State.DOWN
+    assert not h.probe_due(1.2, None)
+    assert h.on_admin(2.0, True) is State.PROBING
+
+
+def test_twenty_flaps_end_up():
+    h = up_path()
+    t = 1.0
+    for _ in range(20):
+        h.on_link(t, False)
+        h.on_link(t + 0.05, True)
+        t += 0.1
+    assert h.state is State.PROBING and h.flaps == 1   # it never got back up in between
+    for i in range(UP_AFTER):
+        h.on_reply(t + 0.01 * i)
+    assert h.state is State.PROBING                    # last failure only 0.1 s ago
+    last_failure = t - 0.1
+    while t < last_failure + CFG.hold_down - 0.02:      # probes keep being answered
+        assert h.on_reply(t) is None and h.tick(t) is None
+        t += 0.05
+    h.on_reply(last_failure + CFG.hold_down - 0.01)
+    assert h.tick(last_failure + CFG.hold_down + 0.01) is State.UP
+
+
+def test_rtt_estimator():
+    r = RttEstimator()
+    r.sample(0.1)
+    assert (r.srtt, r.rttvar) == (0.1, 0.05)
+    for _ in range(50):
+        r.sample(0.02)
+    assert r.srtt == pytest.approx(0.02, abs=1e-3) and r.rttvar < 0.002
+
+
+def test_loss_estimator_windows_and_restart():
+    est = LossEstimator(window=1.0)
+    est.sample(0.0, 0, 0)
+    est.sample(0.5, 500, 400)
+    assert est.loss is None                            # window not over
+    est.sample(1.0, 1000, 900)
+    assert est.loss == pytest.approx(0.1)
+    est.sample(2.0, 2000, 1900)
+    assert est.loss == pytest.approx(0.05)             # smoothed
+    est.sample(3.0, 10, 10)                            # the peer restarted
+    assert est.loss == pytest.approx(0.05)
+
+
+def test_stall_detector_reports_once_when_others_deliver():
+    d = StallDetector()
+    for i in range(100):
+        d.update(i * 0.001, i * 2)                     # 2 packets per ms
+    assert not d.stalled(0.099 + 0.015, others_active=True)
+    assert d.stalled(0.099 + 0.021, others_active=True)
+    assert not d.stalled(0.2, others_active=True)      # once
+    d.update(0.3, 300)
+    assert not d.reported
+
+
+def test_stall_detector_quiet_when_everything_stops():
+    d = StallDetector()
+    for i in range(100):
+        d.update(i * 0.001, i)
+    assert not d.stalled(1.0, others_active=False)
+
+
+def test_stall_detector_scales_with_slow_flows():
+    d = StallDetector()
+    for i in range(20):
+        d.update(i * 0.1, i)                           # 10 packets per second
+    assert not d.stalled(1.9 + 0.5, others_active=True)
+    assert d.stalled(1.9 + 0.81, others_active=True)

@@ -208,8 +208,9 @@ class Daemon:
                     fd, peer = (p.sock.fileno() if p.sock else -1), p.peer
                 self.dp.set_path(e.index, fd, peer, e.weight, e.active)
             self.table = table
-        rtts = [p.health.rtt.srtt for p in self.paths.values()
-                if p.usable and p.health.rtt.srtt is not None]
+        # every path's last known RTT: a path that just failed may still
+        # have packets in flight, and the hold time must not jump then
+        rtts = [p.health.rtt.srtt for p in self.paths.values() if p.health.rtt.srtt is not None]
         hold = scheduler.hold_time(self.cfg.hold_time, rtts)
         if abs(hold - self.hold) > 0.001:
             self.hold = hold
@@ -246,8 +247,10 @@ class Daemon:
 
     def _probe(self, p: Path, now: float) -> None:
         p.last_probe = now
+        srtt = p.health.rtt.srtt
         self._send(p, "probe", interval_ms=min(65535, int(p.health.interval() * 1000)),
-                   usable=self._usable_mask())
+                   usable=self._usable_mask(),
+                   rtt_us=min(2**32 - 1, int(srtt * 1e6)) if srtt else 0)
 
     def _report_stall(self, p: Path) -> None:
         """Tell the peer its data stopped arriving on p, over the other paths."""
@@ -307,6 +310,8 @@ class Daemon:
         p.reply_to = reply_to
         p.heard, p.interval = now, max(0.01, msg.interval_ms / 1000)
         p.peer_tx, p.peer_rx = msg.tx_packets, msg.rx_packets
+        if msg.rtt_us:
+            p.health.rtt.srtt = msg.rtt_us / 1e6
         for q in self.paths.values():
             q.client_usable = bool(msg.usable >> q.index & 1)
             self._server_tick(q, now)
@@ -361,7 +366,6 @@ class Daemon:
         while True:
             now = time.monotonic()
             counters = self.dp.counters()["path"]
-            flowing = set()
             for p in list(self.paths.values()):
                 c = counters[p.index]
                 if c["tx_packets"] != p.last_tx:
@@ -371,10 +375,10 @@ class Daemon:
                     p.health.on_data(now)
                     p.heard = now
                 p.stall.update(now, c["rx_packets"])
-                if p.stall.active(now):
-                    flowing.add(p.index)
             for p in list(self.paths.values()):
-                if p.stall.stalled(now, bool(flowing - {p.index})):
+                others = [q.stall.last_arrival for q in self.paths.values()
+                          if q is not p and q.stall.last_arrival is not None]
+                if p.stall.stalled(now, max(others, default=None)):
                     self._on_stall_detected(p, now)
                 if self.server:
                     self._server_tick(p, now)

@@ -222,19 +222,16 @@ class StallDetector:
             self.count, self.last_arrival = count, now
             self.reported = False
 
-    def stalled(self, now: float, others_active: bool) -> bool:
-        """True once per stall: a flowing path went quiet while another
-        path kept delivering."""
+    def stalled(self, now: float, others_last_arrival: float | None) -> bool:
+        """True once per stall: a flowing path went quiet, and another path
+        kept delivering for longer than the stall limit after it.  (When the
+        traffic simply ends, every path goes quiet at about the same time.)"""
         if self.reported or self.gap_mean is None or self.last_arrival is None:
             return False
-        if not others_active:
-            return False
         limit = max(self.min_stall, self.factor * self.gap_mean)
-        if now - self.last_arrival > limit:
+        if now - self.last_arrival <= limit or others_last_arrival is None:
+            return False
+        if others_last_arrival - self.last_arrival > limit:
             self.reported = True
             return True
         return False
-
-    def active(self, now: float, window: float = 0.05) -> bool:
-        return self.last_arrival is not None and now - self.last_arrival <= window \
-            and self.gap_mean is not None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import struct
 
-from construct import Const, Enum, Float32b, Int8ub, Int16ub, Int64ub, PascalString, Struct
+from construct import (Const, Enum, Float32b, Int8ub, Int16ub, Int32ub, Int64ub, PascalString,
+                       Struct)
 
 VERSION = 1
 TYPE_DATA = 0
@@ -48,7 +49,8 @@ MessageKind = Enum(Int8ub, probe=1, reply=2, stall=3)
 # stall: either side, as a receiver, reports that data stopped arriving on
 #        path `about`; sent on the other paths.
 # Both probes and replies carry the sender's data counters for that path
-# (loss in each direction).
+# (loss in each direction).  The server learns each path's RTT from the
+# client's probes: it sizes the server's reorder hold time.
 Control = Struct(
     "kind" / MessageKind,
     "magic" / Const(b"MPT"),
@@ -57,6 +59,7 @@ Control = Struct(
     "about" / Int8ub,         # stall: the path index concerned
     "interval_ms" / Int16ub,  # probe: the interval of the next probe
     "usable" / Int16ub,       # probe: bit i set = path i may carry data
+    "rtt_us" / Int32ub,       # probe: the client's smoothed RTT of this path (0: unknown)
     "sent_ns" / Int64ub,      # sender's monotonic clock
     "echo_ns" / Int64ub,      # reply: the sent_ns being answered
     "tx_packets" / Int64ub,   # data packets the sender sent on this path so far
@@ -64,7 +67,7 @@ Control = Struct(
     "name" / PascalString(Int8ub, "utf8"),
 )
 
-DEFAULTS = dict(weight=1.0, priority=0, about=0, interval_ms=0, usable=0, sent_ns=0,
+DEFAULTS = dict(weight=1.0, priority=0, about=0, interval_ms=0, usable=0, rtt_us=0, sent_ns=0,
                 echo_ns=0, tx_packets=0, rx_packets=0, name="")
 
 

@@ -139,10 +139,10 @@ def test_loss_estimator_windows_and_restart():
 def test_stall_detector_reports_once_when_others_deliver():
     d = StallDetector()
     for i in range(100):
-        d.update(i * 0.001, i * 2)                     # 2 packets per ms
-    assert not d.stalled(0.099 + 0.015, others_active=True)
-    assert d.stalled(0.099 + 0.021, others_active=True)
-    assert not d.stalled(0.2, others_active=True)      # once
+        d.update(i * 0.001, i * 2)                     # 2 packets per ms, last at 0.099
+    assert not d.stalled(0.099 + 0.015, others_last_arrival=0.099 + 0.015)
+    assert d.stalled(0.099 + 0.022, others_last_arrival=0.099 + 0.021)
+    assert not d.stalled(0.2, others_last_arrival=0.2)  # once
     d.update(0.3, 300)
     assert not d.reported
 
@@ -151,12 +151,14 @@ def test_stall_detector_quiet_when_everything_stops():
     d = StallDetector()
     for i in range(100):
         d.update(i * 0.001, i)
-    assert not d.stalled(1.0, others_active=False)
+    # the other path stopped a few ms later: the traffic ended, no stall
+    assert not d.stalled(1.0, others_last_arrival=0.099 + 0.005)
+    assert not d.stalled(1.0, others_last_arrival=None)
 
 
 def test_stall_detector_scales_with_slow_flows():
     d = StallDetector()
     for i in range(20):
         d.update(i * 0.1, i)                           # 10 packets per second
-    assert not d.stalled(1.9 + 0.5, others_active=True)
-    assert d.stalled(1.9 + 0.81, others_active=True)
+    assert not d.stalled(1.9 + 0.5, others_last_arrival=1.9 + 0.5)
+    assert d.stalled(1.9 + 0.81, others_last_arrival=1.9 + 0.81)

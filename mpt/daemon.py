@@ -216,6 +216,10 @@ class Daemon:
             self.hold = hold
             self.dp.set_hold(hold, self._alive_window())
 
+    def _active(self, index: int) -> bool:
+        """Scheduled to carry data (both sides compute the same table)."""
+        return any(e.index == index and e.active for e in self.table)
+
     def _usable_mask(self) -> int:
         return sum(1 << p.index for p in self.paths.values() if p.usable)
 
@@ -378,7 +382,8 @@ class Daemon:
             for p in list(self.paths.values()):
                 others = [q.stall.last_arrival for q in self.paths.values()
                           if q is not p and q.stall.last_arrival is not None]
-                if p.stall.stalled(now, max(others, default=None)):
+                # a path the peer schedules no data on (a standby backup) may go quiet
+                if self._active(p.index) and p.stall.stalled(now, max(others, default=None)):
                     self._on_stall_detected(p, now)
                 if self.server:
                     self._server_tick(p, now)
@@ -439,7 +444,7 @@ class Daemon:
                 "name": p.name, "index": p.index, "device": p.interface,
                 "local": local, "remote": f"{peer[0]}:{peer[1]}" if peer else None,
                 "state": h.state.value,
-                "active": any(e.index == p.index and e.active for e in self.table),
+                "active": self._active(p.index),
                 "weight": p.weight, "priority": p.priority,
                 "rtt_ms": round(srtt * 1e3, 3) if srtt else None,
                 "rttvar_ms": round(h.rtt.rttvar * 1e3, 3) if h.rtt.rttvar else None,

@@ -377,9 +377,16 @@ class Lab:
         self._check_path(k)
         _run(["ip", "-n", self.rtrA, "link", "set", f"wan{k}", "down"])
 
-    def link_up(self, k: int, timeout: float = 5.0) -> None:
-        """Bring wan{k} back, wait for it to be UP, re-install addresses and routes."""
+    def link_up(self, k: int, timeout: float = 5.0, new_host: int | None = None) -> None:
+        """Bring wan{k} back, wait for it to be UP, re-install addresses and routes.
+        `new_host`: come back with 198.18.k.new_host instead (a new DHCP lease)."""
         self._check_path(k)
+        if new_host is not None:
+            if not 1 <= new_host <= 253:
+                raise ValueError("new_host must be 1..253")
+            _run(["ip", "-n", self.rtrA, "addr", "del",
+                  f"198.18.{k}.{self._wan_host[k]}/24", "dev", f"wan{k}"], check=False)
+            self._wan_host[k] = new_host
         _run(["ip", "-n", self.rtrA, "link", "set", f"wan{k}", "up"])
         end = time.monotonic() + timeout
         while self.operstate(k) != "UP":
@@ -477,8 +484,10 @@ class Lab:
         return d
 
     def client_conf(self, weights: Sequence[int | float] | None = None,
+                    path_keys: dict[int, dict] | None = None,
                     **tunnel_overrides) -> str:
-        """tunnel.conf for rtrA; overrides replace/add [tunnel] keys (None deletes)."""
+        """tunnel.conf for rtrA; overrides replace/add [tunnel] keys (None deletes);
+        `path_keys` {k: {key: value}} adds keys to [path wan{k}]."""
         if weights is not None and len(weights) != self.paths:
             raise ValueError(f"{len(weights)} weights for {self.paths} paths")
         tunnel = self._override({
@@ -490,7 +499,8 @@ class Lab:
             "control": self._control_path("client"),
         }, tunnel_overrides)
         paths = [(f"path wan{k}", {"interface": f"wan{k}",
-                                   "weight": weights[k - 1] if weights else 1})
+                                   "weight": weights[k - 1] if weights else 1,
+                                   **(path_keys or {}).get(k, {})})
                  for k in range(1, self.paths + 1)]
         return self._render(tunnel, paths)
 

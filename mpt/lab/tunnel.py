@@ -46,20 +46,22 @@ class Daemon:
 
     def close(self) -> None:
         self.log.close()
-        os.unlink(self.log.name)
+        if os.path.exists(self.log.name):
+            os.unlink(self.log.name)
 
 
 class Tunnel:
     """Both daemons of a lab.  `client=`/`server=` are [tunnel] overrides,
-    `weights=` the client's path weights."""
+    `weights=` the client's path weights, `path_keys=` {k: {key: value}} extra
+    keys for the client's [path wan{k}]."""
 
     def __init__(self, lab, weights=None, client: dict | None = None,
-                 server: dict | None = None):
+                 server: dict | None = None, path_keys: dict | None = None):
         self.lab = lab
         self.dir = tempfile.mkdtemp(prefix=f"{lab.prefix}-conf-")
         cconf, sconf = os.path.join(self.dir, "client.conf"), os.path.join(self.dir, "server.conf")
         with open(cconf, "w") as f:
-            f.write(lab.client_conf(weights=weights, **(client or {})))
+            f.write(lab.client_conf(weights=weights, path_keys=path_keys, **(client or {})))
         with open(sconf, "w") as f:
             f.write(lab.server_conf(**(server or {})))
         self.server = Daemon(lab, lab.rtrB, sconf, f"/run/mpt/{lab.prefix}-server.sock")

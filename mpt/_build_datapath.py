@@ -6,6 +6,7 @@ libasan preloaded.
 """
 import os
 import pathlib
+import re
 
 from cffi import FFI
 
@@ -13,70 +14,24 @@ HERE = pathlib.Path(__file__).resolve().parent
 CSRC = HERE.parent / "csrc"
 SOURCES = ["mpt_sched.c", "mpt_reorder.c", "mpt_send.c", "mpt_receive.c", "mpt_datapath.c"]
 
-CDEF = """
-#define MPT_MAX_PATHS 16
-#define MPT_HDR_LEN 16
-#define MPT_TAG_RESERVE 16
-#define MPT_VERSION 1
-#define MPT_TYPE_DATA 0
-#define MPT_TYPE_CONTROL 1
-#define MPT_MAX_PKT 2048
-#define MPT_SOCKADDR_MAX 28
+# The declarations Python sees are the headers' own, read at build time, so
+# they cannot drift from the C: header guards and includes are dropped
+# (cffi's cdef takes no preprocessor beyond integer #defines).
+CDEF_HEADERS = ["mpt_sched.h", "mpt_reorder.h", "mpt_datapath.h"]
+_SKIP = re.compile(r"^\s*#\s*(ifndef|endif|include|define\s+\w+_H\s*$)")
 
-struct mpt_sched { ...; };
-void mpt_sched_init(struct mpt_sched *s);
-void mpt_sched_set(struct mpt_sched *s, int idx, double weight, int active);
-int mpt_sched_pick(struct mpt_sched *s, uint32_t bytes);
 
-struct mpt_reorder_stats {
-    uint64_t delivered, held, duplicates, late, skipped, timeouts, overflows, too_big;
-};
-struct mpt_reorder { uint64_t next; uint32_t nheld; struct mpt_reorder_stats stats; ...; };
-typedef void (*mpt_deliver_fn)(void *ctx, const uint8_t *data, uint32_t len);
-struct mpt_reorder *mpt_reorder_new(uint32_t nslots, uint32_t slot_size, int64_t hold_ns,
-                                    int64_t alive_ns, mpt_deliver_fn deliver, void *ctx);
-void mpt_reorder_free(struct mpt_reorder *r);
-void mpt_reorder_reset(struct mpt_reorder *r);
-void mpt_reorder_set_hold(struct mpt_reorder *r, int64_t hold_ns, int64_t alive_ns);
-void mpt_reorder_heard(struct mpt_reorder *r, int path, int64_t now_ns);
-void mpt_reorder_input(struct mpt_reorder *r, uint64_t seq, int path, const uint8_t *data,
-                       uint32_t len, int64_t now_ns);
-void mpt_reorder_tick(struct mpt_reorder *r, int64_t now_ns);
-int64_t mpt_reorder_deadline(const struct mpt_reorder *r);
-struct mpt_sink { uint64_t *ids; uint32_t n; uint32_t cap; };
-void mpt_sink_record(void *ctx, const uint8_t *data, uint32_t len);
+def cdef_source() -> str:
+    lines = []
+    for name in CDEF_HEADERS:
+        for line in (CSRC / name).read_text().splitlines():
+            if not _SKIP.match(line):
+                lines.append(re.sub(r"/\*.*?\*/", "", line))
+    return "\n".join(lines)
 
-struct mpt_path_counters {
-    uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes, tx_errors, ctrl_rx, addr_changes,
-             rx_path_seq;
-};
-struct mpt_counters {
-    struct mpt_path_counters path[16];
-    uint64_t tun_rx_packets, tun_rx_bytes, tun_tx_packets, tun_tx_bytes;
-    uint64_t drop_no_path, drop_malformed, drop_version, drop_bad_path, drop_bad_inner,
-             drop_too_big, drop_duplicate, drop_late, drop_tun_write, drop_ctrl_queue;
-    uint64_t reorder_held, reorder_skipped, reorder_timeouts, reorder_overflows,
-             session_resets, loops;
-};
-struct mpt_ctrl_meta { int32_t fd; uint32_t addrlen; uint8_t addr[28]; };
-
-struct mpt_dp;
-struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int listen_fd, uint16_t session,
-                          uint32_t hold_us, uint32_t alive_ms);
-int mpt_dp_start(struct mpt_dp *dp);
-void mpt_dp_stop(struct mpt_dp *dp);
-void mpt_dp_free(struct mpt_dp *dp);
-struct mpt_counters *mpt_dp_counters(struct mpt_dp *dp);
-void mpt_dp_set_hold(struct mpt_dp *dp, uint32_t hold_us, uint32_t alive_ms);
-int mpt_dp_set_path(struct mpt_dp *dp, int idx, int fd, const uint8_t *addr, uint32_t addrlen,
-                    double weight, int active);
-uint32_t mpt_dp_get_peer(struct mpt_dp *dp, int idx, uint8_t *addr);
-void mpt_dp_sync(struct mpt_dp *dp);
-void mpt_dp_copy_counters(struct mpt_dp *dp, struct mpt_counters *out);
-"""
 
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
+ffibuilder.cdef(cdef_source())
 
 _flags = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-pthread"]
 _link = ["-pthread"]

@@ -110,3 +110,27 @@ def lab(request, make_lab):
     if not is_root() and _is_e2e(request.node):
         return None     # pytest_pyfunc_call fails the test before it runs
     return make_lab()
+
+
+@pytest.fixture
+def tunnel(make_lab):
+    """Factory: ``tunnel(paths=2, rate_mbit=100, weights=..., client=..., server=...,
+    path_keys=...)`` builds a lab, starts mptd on both routers and waits until
+    every path is up.  Both daemons must exit cleanly (status 0) at the end,
+    unless the test stopped or killed one itself."""
+    from mpt.lab.tunnel import Tunnel
+    made = []
+
+    def start(paths=2, rate_mbit=100, **kw):
+        lab = make_lab(paths=paths, rate_mbit=rate_mbit)
+        t = Tunnel(lab, **kw)
+        made.append(t)
+        t.wait_up()
+        return t
+
+    yield start
+    for t in made:
+        if t.lab.closed:
+            continue
+        codes = t.stop()
+        assert set(codes) <= {0, None}, f"mptd exit codes {codes}:\n{t.client.output()}"

@@ -7,26 +7,8 @@ import time
 import pytest
 
 from mpt.lab import failover, traffic
-from mpt.lab.tunnel import Tunnel
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def tunnel(make_lab):
-    made = []
-
-    def start(paths=2, rate_mbit=100, **kw):
-        lab = make_lab(paths=paths, rate_mbit=rate_mbit)
-        t = Tunnel(lab, **kw)
-        made.append(t)
-        t.wait_up()
-        return t
-
-    yield start
-    for t in made:
-        codes = t.stop()
-        assert set(codes) <= {0, None}, f"mptd exit codes {codes}"
 
 
 def wait_for(pred, timeout=5.0, what="condition"):

@@ -6,27 +6,8 @@ import sys
 import pytest
 
 from mpt.lab import traffic
-from mpt.lab.tunnel import Tunnel
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def tunnel(make_lab):
-    """A factory: tunnel(paths=2, rate_mbit=100, weights=None) -> running Tunnel."""
-    made = []
-
-    def start(paths=2, rate_mbit=100, weights=None, client=None, server=None):
-        lab = make_lab(paths=paths, rate_mbit=rate_mbit)
-        t = Tunnel(lab, weights=weights, client=client, server=server)
-        made.append(t)
-        t.wait_up()
-        return t
-
-    yield start
-    for t in made:
-        codes = t.stop()
-        assert set(codes) <= {0, None}, f"mptd exit codes {codes}"
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])

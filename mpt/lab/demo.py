@@ -97,6 +97,10 @@ def main(argv=None) -> int:
     print(f"sent {summary['sent']}, received {summary['received']}, lost {summary['lost']} "
           f"({summary['loss_pct']} %), longest gap {summary['longest_gap_ms']:.1f} ms, "
           f"path 1 carrying again {summary['path1_carrying_again_after_s']} s after replug")
+    if a.send > a.rate and summary["lost"]:
+        print(f"(while path 1 was out, the {a.send:g} Mbit/s stream did not fit in the one "
+              f"{a.rate:g} Mbit/s path left: those datagrams were lost to capacity; "
+              f"with --send {a.rate * 0.75:g} the stream fits in one path)")
     print(f"summary: {os.path.join(a.out, 'summary.json')}" + (f", plot: {png}" if png else ""))
     return 0
 

@@ -35,9 +35,8 @@ def plot(out: failover.Outcome, sc: failover.Scenario, path: str, title: str) ->
     for i in range(len(rows[0]["paths"])):
         ax.plot(t, [r["paths"][i] for r in rows], label=f"wan{i + 1}", marker=".")
     ax.plot(t, [r["total"] for r in rows], label="total", linewidth=2.5, color="black")
-    for when, what in out.events:
-        ax.axvline(when, color="red" if "on" in what.split()[-1:] else "green",
-                   linestyle="--", alpha=0.7)
+    for i, (when, what) in enumerate(out.events[:2]):   # the unplug and the replug
+        ax.axvline(when, color="red" if i == 0 else "green", linestyle="--", alpha=0.7)
         ax.annotate(what, (when, ax.get_ylim()[1] * 0.02), rotation=90, fontsize=8,
                     va="bottom", ha="right")
     ax.set_xlabel("time (s)")

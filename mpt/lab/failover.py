@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from . import traffic
 
 MODES = ("blackhole", "carrier", "none")
+EVENT_TEXT = {("carrier", True): "path 1 unplugged (carrier lost)",
+              ("carrier", False): "path 1 plugged back",
+              ("blackhole", True): "path 1 blackholed (silent)",
+              ("blackhole", False): "path 1 restored"}
 CARRYING = 50_000     # bytes/s on the isp link above which a path carries data
 
 
@@ -83,12 +87,12 @@ def run(lab, sc: Scenario, on_sample=None) -> Outcome:
         if sc.mode != "none" and not failed and sc.fail_at is not None and t >= sc.fail_at:
             _fail(lab, sc.mode, True)
             failed = True
-            out.events.append((round(time.monotonic() - start, 3), f"path 1 {sc.mode} on"))
+            out.events.append((round(time.monotonic() - start, 3), EVENT_TEXT[sc.mode, True]))
         if failed and not restored and sc.restore_at is not None and t >= sc.restore_at:
             _fail(lab, sc.mode, False)
             restored = True
             restore_time = time.monotonic()
-            out.events.append((round(restore_time - start, 3), f"path 1 {sc.mode} off"))
+            out.events.append((round(restore_time - start, 3), EVENT_TEXT[sc.mode, False]))
             base1, base_t = lab.isp_bytes(1)["up"], time.monotonic()
         if restored and out.restored_after is None:
             b1 = lab.isp_bytes(1)["up"]

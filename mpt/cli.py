@@ -88,7 +88,14 @@ def mptctl_main(argv: list[str] | None = None) -> int:
     pa = sub.add_parser("path", help="take a path out of service by hand, or back")
     pa.add_argument("name")
     pa.add_argument("state", choices=("up", "down"))
+    sub.add_parser("genkey", help="print a new random key: mptctl genkey > /etc/mpt/tunnel.key")
     args = ap.parse_args(argv)
+
+    if args.cmd == "genkey":  # needs no daemon, so no control socket
+        from .keyfile import generate_key
+
+        sys.stdout.write(generate_key())
+        return 0
 
     from .config import ConfigError, load
     from .control import ControlError, request

@@ -41,13 +41,18 @@ TABLE_RANGE = (1, 2**31 - 1)
 RESERVED_TABLES = {253: "default", 254: "main", 255: "local"}
 DEFAULT_TABLE_BASE = 1000  # a path without `table` gets 1000 + its index (from 0)
 DEFAULT_NAME = "mpt0"
+DEFAULT_TCP_PORT = 4701
+# Spellings of a boolean: the first of each pair is the canonical one.
+BOOLEANS = {"on": True, "off": False, "yes": True, "no": False,
+            "true": True, "false": False, "1": True, "0": False}
 
 TUNNEL_KEYS = (
     "name", "address", "role", "peer", "listen", "mtu", "scheduler",
     "control", "routes", "hold_time", "probe_interval", "idle_probe_interval",
-    "dead_after", "hold_down",
+    "dead_after", "hold_down", "key",
 )
 PATH_KEYS = ("interface", "local", "peer", "weight", "priority", "gateway", "table")
+TCP_KEYS = ("proxy", "port", "intercept", "exclude", "encrypt")
 
 _PATH_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _KEY = re.compile(r"[A-Za-z0-9_.-]+")
@@ -92,6 +97,20 @@ class PathConfig:
 
 
 @dataclass(frozen=True)
+class TcpConfig:
+    """The [tcp] section: TCP carried over Linux MPTCP by a proxy on each end."""
+
+    proxy: bool = False
+    # The server's MPTCP proxy port; the client also listens on it locally for
+    # the LAN connections it intercepts.
+    port: int = DEFAULT_TCP_PORT
+    intercept: tuple[IPNetwork, ...] = ()  # client: LAN source prefixes to intercept
+    exclude: tuple[IPNetwork, ...] = ()  # client: destination prefixes never intercepted
+    encrypt: bool = False  # payload encryption (not implemented: must stay off)
+    line: int = 0  # line of the [tcp] header; 0 when the section is absent
+
+
+@dataclass(frozen=True)
 class TunnelConfig:
     source: str
     name: str
@@ -109,6 +128,8 @@ class TunnelConfig:
     dead_after: int  # probe intervals of silence before a path leaves the schedule
     hold_down: float  # seconds before a path that left may be re-admitted
     paths: tuple[PathConfig, ...]
+    key: str | None = None  # absolute path of the pre-shared key file (mpt.keyfile)
+    tcp: TcpConfig = field(default_factory=TcpConfig)  # defaults without [tcp]
 
 
 # --- value parsers (raise ValueError with a short message) -------------------
@@ -216,6 +237,13 @@ def _choice(allowed: tuple[str, ...]):
     return check
 
 
+def _bool(text: str) -> bool:
+    value = BOOLEANS.get(text.lower())
+    if value is None:
+        raise ValueError(f"must be one of: {', '.join(BOOLEANS)}; got {text!r}")
+    return value
+
+
 def _mtu(text: str) -> int:
     if not _is_uint(text) or not MTU_MIN <= int(text) <= MTU_MAX:
         raise ValueError(f"must be an integer {MTU_MIN}..{MTU_MAX}, got {text!r}")
@@ -281,7 +309,7 @@ def _weight(text: str) -> float:
 
 @dataclass
 class _Section:
-    title: str  # "tunnel" or "path NAME", as shown in messages
+    title: str  # "tunnel", "tcp" or "path NAME", as shown in messages
     line: int
     values: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (value, line)
 
@@ -290,6 +318,7 @@ class _Parser:
     def __init__(self, text: str, source: str):
         self.source = source
         self.tunnel: _Section | None = None
+        self.tcp: _Section | None = None
         self.paths: dict[str, _Section] = {}
         self._scan(text)
 
@@ -321,8 +350,14 @@ class _Parser:
                                  f"expected 'key = value' or '[section]', got {line!r}")
             if section is None:
                 raise self.error(lineno, None, key,
-                                 "key outside any section (put it under [tunnel] or [path NAME])")
-            allowed = TUNNEL_KEYS if section is self.tunnel else PATH_KEYS
+                                 "key outside any section "
+                                 "(put it under [tunnel], [tcp] or [path NAME])")
+            if section is self.tunnel:
+                allowed = TUNNEL_KEYS
+            elif section is self.tcp:
+                allowed = TCP_KEYS
+            else:
+                allowed = PATH_KEYS
             if key not in allowed:
                 raise self.error(lineno, section, key,
                                  f"unknown key (allowed: {', '.join(allowed)})")
@@ -343,6 +378,12 @@ class _Parser:
                                  f"duplicate section (first at line {self.tunnel.line})")
             self.tunnel = _Section("tunnel", lineno)
             return self.tunnel
+        if words == ["tcp"]:
+            if self.tcp is not None:
+                raise self.error(lineno, self.tcp, None,
+                                 f"duplicate section (first at line {self.tcp.line})")
+            self.tcp = _Section("tcp", lineno)
+            return self.tcp
         if words and words[0] == "path":
             if len(words) != 2 or not _PATH_NAME.fullmatch(words[1]):
                 raise self.error(lineno, None, None,
@@ -356,7 +397,7 @@ class _Parser:
             self.paths[name] = _Section(f"path {name}", lineno)
             return self.paths[name]
         raise self.error(lineno, None, None,
-                         f"unknown section {line!r} (expected [tunnel] or [path NAME])")
+                         f"unknown section {line!r} (expected [tunnel], [tcp] or [path NAME])")
 
     # --- second pass: values and cross-key rules -------------------------------
 
@@ -377,7 +418,7 @@ class _Parser:
     def build(self) -> TunnelConfig:
         t = self.tunnel
         if t is None:
-            if not self.paths:
+            if not self.paths and self.tcp is None:
                 raise self.error(None, None, None, "empty config: expected a [tunnel] section")
             raise self.error(None, None, None, "missing [tunnel] section")
 
@@ -403,6 +444,8 @@ class _Parser:
                              f"got {t.values['idle_probe_interval'][0]!r}")
         dead_after = self.get(t, "dead_after", _int_in(*DEAD_AFTER_RANGE), DEFAULT_DEAD_AFTER)
         hold_down = self.get(t, "hold_down", _duration_in(*HOLD_DOWN_RANGE), DEFAULT_HOLD_DOWN)
+        # Only the path is checked here; the daemon reads the file (mpt.keyfile).
+        key = self.get(t, "key", _abspath)
 
         if role == "server":
             if peer is not None:
@@ -424,14 +467,47 @@ class _Parser:
                 raise self.error(t.line, t, None,
                                  "a client needs at least one [path NAME] section")
             paths = self._paths(peer)
+        tcp = self._tcp(role, key)
 
         return TunnelConfig(
             source=self.source, name=name, addresses=addresses, role=role,
             peer=peer, listen=listen, mtu=mtu, scheduler=scheduler, control=control,
             routes=routes, hold_time=hold_time, probe_interval=probe_interval,
             idle_probe_interval=idle_probe_interval, dead_after=dead_after,
-            hold_down=hold_down, paths=paths,
+            hold_down=hold_down, paths=paths, key=key, tcp=tcp,
         )
+
+    def _tcp(self, role: str, key: str | None) -> TcpConfig:
+        s = self.tcp
+        if s is None:
+            return TcpConfig()
+        proxy = self.get(s, "proxy", _bool, False)
+        port = self.get(s, "port", _int_in(1, 65535), DEFAULT_TCP_PORT)
+        intercept = self.get(s, "intercept", _routes, ())
+        exclude = self.get(s, "exclude", _routes, ())
+        encrypt = self.get(s, "encrypt", _bool, False)
+
+        if role == "server":
+            for k in ("intercept", "exclude"):
+                if k in s.values:
+                    raise self.error(self.line_of(s, k), s, k,
+                                     "only for role = client (the client intercepts; "
+                                     "the server connects to the original destinations)")
+        if encrypt:
+            raise self.error(self.line_of(s, "encrypt"), s, "encrypt",
+                             "payload encryption is not implemented yet; most TCP payload "
+                             "is TLS already (use encrypt = off)")
+        if proxy:
+            if key is None:
+                raise self.error(self.line_of(s, "proxy"), s, "proxy",
+                                 "needs key = in [tunnel]: proxied connections are "
+                                 "authenticated with it")
+            if role == "client" and not intercept:
+                raise self.error(s.line, s, "intercept",
+                                 "missing required key (a client with proxy = on needs "
+                                 "the LAN prefixes whose TCP it intercepts)")
+        return TcpConfig(proxy=proxy, port=port, intercept=intercept, exclude=exclude,
+                         encrypt=encrypt, line=s.line)
 
     @staticmethod
     def _peer(text: str) -> Endpoint:

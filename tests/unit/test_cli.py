@@ -1,4 +1,5 @@
 """mptd/mptctl command lines: bad input gives one line and the right exit code."""
+import base64
 import subprocess
 import sys
 
@@ -52,3 +53,27 @@ def test_mptctl_without_daemon_says_so(tmp_path):
     r = run("mptctl", "-s", str(tmp_path / "none.sock"), "status")
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "cannot reach mptd" in r.stderr
+
+
+def test_mptctl_genkey_prints_one_base64_line_of_32_bytes(tmp_path):
+    keys = []
+    for _ in range(2):
+        # No daemon and a socket that does not exist: genkey needs neither.
+        r = run("mptctl", "-s", str(tmp_path / "none.sock"), "genkey")
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == ""
+        assert r.stdout.endswith("\n") and r.stdout.count("\n") == 1
+        assert len(base64.b64decode(r.stdout.strip(), validate=True)) == 32
+        keys.append(r.stdout)
+    assert keys[0] != keys[1]
+
+
+def test_mptctl_genkey_output_loads_as_a_key(tmp_path):
+    from mpt.keyfile import load_key
+
+    r = run("mptctl", "genkey")
+    assert r.returncode == 0, r.stderr
+    key = tmp_path / "tunnel.key"
+    key.write_text(r.stdout)
+    key.chmod(0o600)
+    assert load_key(str(key)) == base64.b64decode(r.stdout)

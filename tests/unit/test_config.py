@@ -1,12 +1,14 @@
 """Tests for mpt.config: the tunnel.conf parser."""
 
+import re
 from ipaddress import ip_address, ip_interface, ip_network
 from pathlib import Path
 
 import pytest
 
 from mpt import config
-from mpt.config import ConfigError, Endpoint, parse, parse_duration, parse_endpoint
+from mpt.config import (ConfigError, Endpoint, TcpConfig, parse, parse_duration,
+                        parse_endpoint)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,6 +151,71 @@ def test_gateway_family_follows_path_peer():
     assert [p.gateway for p in c.paths] == [ip_address("fe80::1"), ip_address("198.18.2.254")]
 
 
+KEY = "key = /etc/mpt/tunnel.key\n"
+
+
+def test_key_and_tcp_defaults():
+    for text in (MINIMAL_CLIENT, SERVER):
+        c = parse(text)
+        assert c.key is None
+        assert c.tcp == TcpConfig() == TcpConfig(
+            proxy=False, port=4701, intercept=(), exclude=(), encrypt=False, line=0)
+
+
+def test_key_is_an_absolute_path_not_read_by_the_parser():
+    # The file need not exist: the daemon reads it (mpt.keyfile.load_key).
+    assert parse(SERVER + "key = /nonexistent/tunnel.key\n").key == "/nonexistent/tunnel.key"
+    assert parse(MINIMAL_CLIENT.replace("[path", KEY + "[path")).key == "/etc/mpt/tunnel.key"
+
+
+def test_tcp_client():
+    c = parse(MINIMAL_CLIENT.replace("[path", KEY + "[path") + "\n[tcp]\nproxy = on\n"
+              "port = 5000\nintercept = 198.18.100.0/24, 2001:2:0:100::/64\n"
+              "exclude = 198.18.200.0/24\nencrypt = off\n")
+    assert c.tcp == TcpConfig(
+        proxy=True, port=5000,
+        intercept=(ip_network("198.18.100.0/24"), ip_network("2001:2:0:100::/64")),
+        exclude=(ip_network("198.18.200.0/24"),), encrypt=False, line=9)
+
+
+def test_tcp_server():
+    c = parse(SERVER + KEY + "[tcp]\nproxy = on\n")
+    assert c.tcp == TcpConfig(proxy=True, line=6)
+    assert parse(SERVER + KEY + "[tcp]\nproxy = yes\nport = 65535\n").tcp.port == 65535
+    assert parse(SERVER + "[tcp]\nport = 1\n").tcp.port == 1
+
+
+def test_tcp_section_may_come_first():
+    c = parse("[tcp]\nproxy = on\n" + SERVER + KEY)
+    assert (c.tcp.proxy, c.tcp.line, c.key) == (True, 1, "/etc/mpt/tunnel.key")
+
+
+def test_tcp_proxy_off_needs_neither_key_nor_intercept():
+    assert parse(MINIMAL_CLIENT + "[tcp]\nproxy = off\n").tcp == TcpConfig(line=7)
+    assert parse(SERVER + "[tcp]\n").tcp == TcpConfig(line=5)
+    # prefixes may stay configured while the proxy is off
+    c = parse(MINIMAL_CLIENT + "[tcp]\nintercept = 10.0.0.0/8\nexclude = fd00::/8\n")
+    assert (c.tcp.proxy, c.tcp.intercept, c.tcp.exclude) == (
+        False, (ip_network("10.0.0.0/8"),), (ip_network("fd00::/8"),))
+
+
+@pytest.mark.parametrize("word, value", [
+    ("on", True), ("off", False), ("yes", True), ("no", False), ("true", True),
+    ("false", False), ("1", True), ("0", False), ("ON", True), ("Off", False),
+    ("YES", True), ("No", False), ("True", True), ("FALSE", False),
+])
+def test_tcp_booleans(word, value):
+    c = parse(SERVER + KEY + f"[tcp]\nproxy = {word}\nencrypt = off\n")
+    assert c.tcp.proxy is value
+    if not value:  # encrypt = on is refused for now, but its spellings parse
+        assert parse(SERVER + f"[tcp]\nencrypt = {word}\n").tcp.encrypt is False
+
+
+def test_tcp_keys_constant():
+    assert config.TCP_KEYS == ("proxy", "port", "intercept", "exclude", "encrypt")
+    assert "key" in config.TUNNEL_KEYS
+
+
 def test_tables_may_repeat_when_unset_and_differ_when_set():
     c = parse(MINIMAL_CLIENT + "table = 1000\n[path wan2]\ninterface = wan2\ntable = 100\n"
               "[path wan3]\ninterface = wan3\n[path wan4]\ninterface = wan4\n")
@@ -202,6 +269,21 @@ def test_shipped_examples_parse(name):
     else:
         assert c.listen.port == 4700
         assert c.addresses == (ip_interface("10.77.0.2/30"), ip_interface("fd77::2/64"))
+    assert c.key is None or c.key.startswith("/")
+
+
+@pytest.mark.parametrize("name", ["client.conf", "server.conf"])
+def test_shipped_tcp_examples_parse_when_uncommented(name):
+    text = (REPO / "conf" / name).read_text()
+    # "# key = ...", "# [tcp]" and the keys under it become real lines.
+    text = re.sub(r"(?m)^# (\[tcp\]|(?:key|proxy|port|intercept|exclude|encrypt) =)", r"\1",
+                  text)
+    c = parse(text, name)
+    assert c.key == "/etc/mpt/tunnel.key"
+    assert c.tcp.proxy and c.tcp.port == 4701 and not c.tcp.encrypt
+    if c.role == "client":
+        assert c.tcp.intercept == (ip_network("198.18.100.0/24"),
+                                   ip_network("2001:2:0:100::/64"))
 
 
 def test_load_file(tmp_path):
@@ -425,6 +507,77 @@ ERRORS = [
      "f.conf:9: [path b] table", "default table of [path a]"),
     (_client(paths="".join(f"[path p{i}]\ninterface = e{i}\n" for i in range(17))),
      "f.conf:37: [path p16]", "too many paths (at most 16)"),
+    # key
+    (_server("key = etc/mpt/tunnel.key\n"), "f.conf:5: [tunnel] key",
+     "must be an absolute path, got 'etc/mpt/tunnel.key'"),
+    (_server("key = ~/tunnel.key\n"), "f.conf:5: [tunnel] key", "absolute path"),
+    (_server(KEY + "key = /etc/mpt/other.key\n"), "f.conf:6: [tunnel] key",
+     "duplicate key (first at line 5)"),
+    (_client(paths="[path a]\ninterface = a\nkey = /k\n"), "f.conf:7: [path a] key",
+     "unknown key"),
+    # [tcp] structure
+    ("[tcp]\nproxy = off\n", "f.conf", "missing [tunnel] section"),
+    (_server("[tcp]\n[tcp]\n"), "f.conf:6: [tcp]", "duplicate section (first at line 5)"),
+    (_server("[tcp]\nproxy = off\n[path a]\n[tcp]\n"), "f.conf:8: [tcp]",
+     "duplicate section (first at line 5)"),
+    (_server("[tcp proxy]\n"), "f.conf:5", "unknown section '[tcp proxy]' "
+     "(expected [tunnel], [tcp] or [path NAME])"),
+    (_server("[tcp]\ncolour = blue\n"), "f.conf:6: [tcp] colour",
+     "unknown key (allowed: proxy, port, intercept, exclude, encrypt)"),
+    (_server("[tcp]\nroutes = 10.0.0.0/8\n"), "f.conf:6: [tcp] routes", "unknown key"),
+    (_server("[tcp]\nkey = /etc/mpt/tunnel.key\n"), "f.conf:6: [tcp] key", "unknown key"),
+    (_server("proxy = on\n"), "f.conf:5: [tunnel] proxy", "unknown key"),
+    (_client(paths="[path a]\ninterface = a\nintercept = 10.0.0.0/8\n"),
+     "f.conf:7: [path a] intercept", "unknown key"),
+    (_server("[tcp]\nport = 4701\nport = 4702\n"), "f.conf:7: [tcp] port",
+     "duplicate key (first at line 6)"),
+    (_server("[tcp]\nproxy =\n"), "f.conf:6: [tcp] proxy", "empty value"),
+    # [tcp] values
+    (_server("[tcp]\nproxy = maybe\n"), "f.conf:6: [tcp] proxy",
+     "must be one of: on, off, yes, no, true, false, 1, 0; got 'maybe'"),
+    (_server("[tcp]\nproxy = enabled\n"), "f.conf:6: [tcp] proxy", "must be one of: on, off"),
+    (_server("[tcp]\nproxy = 2\n"), "f.conf:6: [tcp] proxy", "must be one of: on, off"),
+    (_server("[tcp]\nencrypt = aes\n"), "f.conf:6: [tcp] encrypt",
+     "must be one of: on, off, yes, no, true, false, 1, 0; got 'aes'"),
+    (_server("[tcp]\nport = 0\n"), "f.conf:6: [tcp] port",
+     "must be an integer 1..65535, got '0'"),
+    (_server("[tcp]\nport = 65536\n"), "f.conf:6: [tcp] port", "1..65535"),
+    (_server("[tcp]\nport = -1\n"), "f.conf:6: [tcp] port", "1..65535"),
+    (_server("[tcp]\nport = http\n"), "f.conf:6: [tcp] port", "integer"),
+    (_server("[tcp]\nport = 1.2.3.4:4701\n"), "f.conf:6: [tcp] port", "integer"),
+    (_client(paths="[path a]\ninterface = a\n[tcp]\nintercept = 198.18.100.1/24\n"),
+     "f.conf:8: [tcp] intercept", "'198.18.100.1/24' is not a prefix"),
+    (_client(paths="[path a]\ninterface = a\n[tcp]\nintercept = 10.0.0.0/8,\n"),
+     "f.conf:8: [tcp] intercept", "empty item"),
+    (_client(paths="[path a]\ninterface = a\n[tcp]\nintercept = fd00::/8, fd00::/8\n"),
+     "f.conf:8: [tcp] intercept", "listed twice"),
+    (_client(paths="[path a]\ninterface = a\n[tcp]\nexclude = lan\n"),
+     "f.conf:8: [tcp] exclude", "'lan' is not a prefix"),
+    (_client(paths="[path a]\ninterface = a\n[tcp]\nexclude = 2001:db8::1/32\n"),
+     "f.conf:8: [tcp] exclude", "host bits must be zero"),
+    # [tcp] rules
+    (_server("[tcp]\nencrypt = on\n"), "f.conf:6: [tcp] encrypt",
+     "payload encryption is not implemented yet; most TCP payload is TLS already "
+     "(use encrypt = off)"),
+    (_server(KEY + "[tcp]\nproxy = on\nencrypt = yes\n"), "f.conf:8: [tcp] encrypt",
+     "not implemented yet"),
+    (_client(KEY, "[path a]\ninterface = a\n[tcp]\nproxy = on\n"
+             "intercept = 10.0.0.0/8\nencrypt = 1\n"), "f.conf:11: [tcp] encrypt",
+     "not implemented yet"),
+    (_server("[tcp]\nport = 4701\nproxy = on\n"), "f.conf:7: [tcp] proxy",
+     "needs key = in [tunnel]: proxied connections are authenticated with it"),
+    (_client(paths="[path a]\ninterface = a\n[tcp]\nproxy = true\n"
+             "intercept = 10.0.0.0/8\n"), "f.conf:8: [tcp] proxy", "needs key = in [tunnel]"),
+    (_client(KEY, "[path a]\ninterface = a\n\n[tcp]\nproxy = on\nexclude = 10.0.0.0/8\n"),
+     "f.conf:9: [tcp] intercept", "missing required key"),
+    (_client(KEY, "[tcp]\nproxy = on\n[path a]\ninterface = a\n"),
+     "f.conf:6: [tcp] intercept", "missing required key"),
+    (_server(KEY + "[tcp]\nproxy = on\nintercept = 198.18.100.0/24\n"),
+     "f.conf:8: [tcp] intercept", "only for role = client"),
+    (_server("[tcp]\nexclude = 198.18.200.0/24\n"), "f.conf:6: [tcp] exclude",
+     "only for role = client"),
+    (_server("[tcp]\nproxy = off\nintercept = 198.18.100.0/24\n"),
+     "f.conf:7: [tcp] intercept", "only for role = client"),
 ]
 
 

@@ -38,13 +38,17 @@ def mptd_main(argv: list[str] | None = None) -> int:
 
     from .control import ControlError
     from .daemon import Daemon
+    from .keyfile import KeyFileError
+    from .nft import NftError
     from .tun import TunError
 
     daemon = Daemon(cfg)
     try:
         daemon.open()
         uvloop.run(daemon.run())
-    except (TunError, ControlError, OSError) as e:
+    except KeyFileError as e:
+        return _fail("mptd", str(e), EXIT_CONFIG)
+    except (TunError, ControlError, NftError, OSError) as e:
         return _fail("mptd", str(e), EXIT_RUNTIME)
     except KeyboardInterrupt:
         pass
@@ -74,6 +78,14 @@ def _status_table(st: dict) -> str:
     drops = {k: v for k, v in st["counters"].items() if k.startswith("drop_") and v}
     if drops:
         lines.append("drops: " + ", ".join(f"{k[5:]}={v}" for k, v in sorted(drops.items())))
+    tcp = st.get("tcp")
+    if tcp:
+        lines.append(f"tcp proxy: {tcp['active']} connection(s) open, {tcp['total']} in all, "
+                     f"{tcp['refused']} refused, {tcp['bytes_out']} bytes out, "
+                     f"{tcp['bytes_in']} bytes in")
+        for c in tcp["connections"]:
+            lines.append(f"  {c['peer']} -> {c['dst'] or '?'}  subflows {c['subflows'] or '-'}"
+                         f"  out {c['bytes_out']}  in {c['bytes_in']}")
     return "\n".join(lines)
 
 

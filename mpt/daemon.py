@@ -16,7 +16,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from . import control, netlink, scheduler, wire
+from . import control, keyfile, mptcp, netlink, nft, scheduler, tcpproxy, wire
 from .config import TunnelConfig
 from .datapath import MAX_PATHS, Datapath, socket_address, unpack_sockaddr
 from .path import HealthConfig, PathHealth, State, StallDetector
@@ -30,6 +30,7 @@ SERVER_MTU = 1500 - 40 - 8 - wire.HDR_LEN - wire.TAG_RESERVE   # safe on IPv6 pa
 WATCH_TICK = 0.01           # how often counters are read and paths checked
 IN_USE_WINDOW = 0.5         # a path that sent data this recently is "in use"
 TABLE_BASE = 1000           # default routing table of path i: TABLE_BASE + i
+MPTCP_SUBFLOWS = 8          # per-connection limit of the kernel's path manager
 
 
 def _tune(sock: socket.socket) -> None:
@@ -109,6 +110,8 @@ class Daemon:
         self.bad_control = 0
         self.stopping: asyncio.Event | None = None
         self.table: list = []
+        self.proxy: tcpproxy.ClientProxy | tcpproxy.ServerProxy | None = None
+        self.nft_installed = False
 
     # -- setup ---------------------------------------------------------------
 
@@ -144,7 +147,29 @@ class Daemon:
                 self.nl.run(netlink.learn_routes, p.routes)
                 self.nl.run(netlink.install, p.routes)
                 self._open_path_socket(p)
+        if cfg.tcp.proxy:
+            self._open_tcp_proxy()
         self.dp.start()
+
+    def _open_tcp_proxy(self) -> None:
+        """TCP over MPTCP: the client intercepts LAN TCP (nftables) and opens
+        one MPTCP connection per LAN connection, one subflow per WAN path;
+        the server accepts them (mpt/tcpproxy.py)."""
+        cfg = self.cfg
+        key = keyfile.load_key(cfg.key)
+        if self.nl is None:
+            self.nl = netlink.Netlink()
+        self.nl.run(mptcp.set_limits, MPTCP_SUBFLOWS, MPTCP_SUBFLOWS)
+        if self.server:
+            host = str(cfg.listen.host) if cfg.listen.host else "::"
+            if ":" not in host:
+                host = f"::ffff:{host}"
+            self.proxy = tcpproxy.ServerProxy(key, cfg.tcp.port, host)
+        else:
+            server_host = (cfg.peer or cfg.paths[0].peer).host
+            self.proxy = tcpproxy.ClientProxy(key, cfg.tcp.port, (str(server_host), cfg.tcp.port))
+            nft.install(cfg.name, cfg.tcp.port, cfg.tcp.intercept, cfg.tcp.exclude)
+            self.nft_installed = True
 
     def _alive_window(self) -> float:
         """How long the receiver keeps counting a silent path as live."""
@@ -252,7 +277,8 @@ class Daemon:
     def _probe(self, p: Path, now: float) -> None:
         p.last_probe = now
         srtt = p.health.rtt.srtt
-        self._send(p, "probe", interval_ms=min(65535, int(p.health.interval() * 1000)),
+        # the longest gap between two probes: the server's silence bound
+        self._send(p, "probe", interval_ms=min(65535, int(self.cfg.idle_probe_interval * 1000)),
                    usable=self._usable_mask(),
                    rtt_us=min(2**32 - 1, int(srtt * 1e6)) if srtt else 0)
 
@@ -354,6 +380,9 @@ class Daemon:
             ok = link.usable(p.routes.family, p.local)
             was = p.health.link_ok
             new = p.health.on_link(now, ok)
+            source = link.address(p.routes.family) if ok else None
+            if self.proxy is not None and source != p.routes.source:
+                self._move_subflow_source(p, source)
             if ok and not was:
                 # the link is back (maybe with a new address, maybe a new device)
                 asyncio.get_running_loop().create_task(self.nl.call(netlink.install, p.routes))
@@ -361,6 +390,19 @@ class Daemon:
                 self._probe(p, now)
             if new:
                 self._state_changed(p, new, "link up" if ok else "link down or address gone")
+
+    def _move_subflow_source(self, p: Path, source: str | None) -> None:
+        """Keep the MPTCP endpoint and the `from ADDR` rule of the path on its
+        current address (none while the link is down)."""
+        old = netlink.PathRoutes(**{**p.routes.__dict__})
+        p.routes.source = source
+
+        def apply(_ipr):
+            netlink.remove(_ipr, old)
+            netlink.install(_ipr, p.routes)
+            mptcp.set_endpoint(_ipr, p.index, source, p.priority > 0)
+
+        asyncio.get_running_loop().create_task(self.nl.call(apply))
 
     # -- timers ------------------------------------------------------------------
 
@@ -460,7 +502,8 @@ class Daemon:
         return {"tunnel": self.cfg.name, "role": self.cfg.role, "session": self.session,
                 "mtu": self.mtu, "hold_ms": round(self.hold * 1e3, 3),
                 "uptime": round(time.monotonic() - self.started, 3),
-                "paths": paths, "counters": glob}
+                "paths": paths, "counters": glob,
+                "tcp": self.proxy.status() if self.proxy else None}
 
     def _handle(self, req: dict) -> dict:
         cmd = req.get("cmd")
@@ -501,6 +544,8 @@ class Daemon:
                 self.watcher.start(loop, await self.nl.call(netlink.dump))
                 for name in names:
                     self._on_link_change(name)
+            if self.proxy is not None:
+                self.proxy.attach(loop)
             server = await control.serve(self.cfg.control, self._handle)
             tasks.append(asyncio.create_task(self._watch()))
             log.info("%s up: %s, mtu %d, %d path(s)", self.cfg.name, self.cfg.role, self.mtu,
@@ -521,10 +566,18 @@ class Daemon:
                     pass
             if self.watcher is not None:
                 self.watcher.close(loop)
+            if self.proxy is not None:
+                self.proxy.close(loop)
             if self.ctrl_rx is not None:
                 loop.remove_reader(self.ctrl_rx.fileno())
 
     def close(self) -> None:
+        if self.nft_installed:
+            try:
+                nft.remove(self.cfg.name)
+            except nft.NftError as e:
+                log.warning("%s", e)
+            self.nft_installed = False
         if self.dp is not None:
             self.dp.close()
             self.dp = None
@@ -532,6 +585,8 @@ class Daemon:
             for p in self.paths.values():
                 if p.routes is not None:
                     self.nl.run(netlink.remove, p.routes)
+            if self.proxy is not None and not self.server:
+                self.nl.run(mptcp.remove_endpoints, list(self.paths))
             self.nl.close()
             self.nl = None
         for p in self.paths.values():

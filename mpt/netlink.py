@@ -38,18 +38,22 @@ class Link:
     flags: int = 0
     addresses: set[str] = field(default_factory=set)
 
+    def address(self, family: int) -> str | None:
+        """An address of that family to send from (not link-local)."""
+        want = 6 if family == AF_INET6 else 4
+        for a in sorted(self.addresses):
+            ip = ipaddress.ip_address(a)
+            if ip.version == want and not ip.is_link_local:
+                return a
+        return None
+
     def usable(self, family: int, local: str | None) -> bool:
         """Carrier, admin up, and an address to send from."""
         if self.index is None or (self.flags & (IFF_UP | IFF_LOWER_UP)) != (IFF_UP | IFF_LOWER_UP):
             return False
         if local is not None:
             return local in self.addresses
-        want = 6 if family == AF_INET6 else 4
-        for a in self.addresses:
-            ip = ipaddress.ip_address(a)
-            if ip.version == want and not ip.is_link_local:
-                return True
-        return False
+        return self.address(family) is not None
 
 
 def _apply(links: dict[str, Link], by_index: dict[int, str], msg) -> str | None:
@@ -154,6 +158,7 @@ class PathRoutes:
     family: int
     gateway: str | None
     learned: list = field(default_factory=list)   # (dst, dst_len, gateway) from main
+    source: str | None = None     # the interface's current address, for MPTCP subflows
 
 
 def learn_routes(ipr, pr: PathRoutes) -> None:
@@ -216,6 +221,6 @@ def _rules(pr: PathRoutes) -> list[dict]:
     rules = []
     if pr.interface:
         rules.append(dict(base, oifname=pr.interface))
-    if pr.local:
-        rules.append(dict(base, src=pr.local, src_len=32 if pr.family == AF_INET else 128))
+    for src in {pr.local, pr.source} - {None}:
+        rules.append(dict(base, src=src, src_len=32 if pr.family == AF_INET else 128))
     return rules

@@ -57,7 +57,7 @@ Control = Struct(
     "weight" / Float32b,
     "priority" / Int8ub,
     "about" / Int8ub,         # stall: the path index concerned
-    "interval_ms" / Int16ub,  # probe: the interval of the next probe
+    "interval_ms" / Int16ub,  # probe: the longest interval between the client's probes
     "usable" / Int16ub,       # probe: bit i set = path i may carry data
     "rtt_us" / Int32ub,       # probe: the client's smoothed RTT of this path (0: unknown)
     "sent_ns" / Int64ub,      # sender's monotonic clock

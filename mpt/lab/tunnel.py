@@ -53,17 +53,31 @@ class Daemon:
 class Tunnel:
     """Both daemons of a lab.  `client=`/`server=` are [tunnel] overrides,
     `weights=` the client's path weights, `path_keys=` {k: {key: value}} extra
-    keys for the client's [path wan{k}]."""
+    keys for the client's [path wan{k}], `tcp_proxy=True` a shared key and the
+    TCP proxy on both sides."""
 
     def __init__(self, lab, weights=None, client: dict | None = None,
-                 server: dict | None = None, path_keys: dict | None = None):
+                 server: dict | None = None, path_keys: dict | None = None,
+                 tcp_proxy: bool = False):
         self.lab = lab
         self.dir = tempfile.mkdtemp(prefix=f"{lab.prefix}-conf-")
         cconf, sconf = os.path.join(self.dir, "client.conf"), os.path.join(self.dir, "server.conf")
+        client, server = dict(client or {}), dict(server or {})
+        ctext = stext = ""
+        if tcp_proxy:   # both routers share a key; LAN A's TCP goes over MPTCP
+            from ..keyfile import generate_key
+            self.key = os.path.join(self.dir, "tunnel.key")
+            fd = os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(generate_key())
+            client["key"] = server["key"] = self.key
+            ctext = ("\n[tcp]\nproxy = on\n"
+                     "intercept = 198.18.100.0/24, 2001:2:0:100::/64\n")
+            stext = "\n[tcp]\nproxy = on\n"
         with open(cconf, "w") as f:
-            f.write(lab.client_conf(weights=weights, path_keys=path_keys, **(client or {})))
+            f.write(lab.client_conf(weights=weights, path_keys=path_keys, **client) + ctext)
         with open(sconf, "w") as f:
-            f.write(lab.server_conf(**(server or {})))
+            f.write(lab.server_conf(**server) + stext)
         self.server = Daemon(lab, lab.rtrB, sconf, f"/run/mpt/{lab.prefix}-server.sock")
         self.client = Daemon(lab, lab.rtrA, cconf, f"/run/mpt/{lab.prefix}-client.sock")
 

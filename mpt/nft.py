@@ -1,0 +1,61 @@
+"""The client's nftables ruleset for the TCP proxy: one table, added
+atomically (nft -f) and deleted when mptd exits.
+
+LAN TCP from the intercepted prefixes is redirected to the local proxy,
+except traffic to the router itself, to the intercepted prefixes (LAN to
+LAN) and to the excluded prefixes.  The router's own traffic never passes
+the prerouting hook, so it is never intercepted.
+"""
+from __future__ import annotations
+
+import subprocess
+
+
+class NftError(RuntimeError):
+    pass
+
+
+def table_name(tunnel: str) -> str:
+    return f"mpt_tcp_{tunnel}"
+
+
+def ruleset(tunnel: str, port: int, intercept, exclude) -> str:
+    v4 = [str(n) for n in intercept if n.version == 4]
+    v6 = [str(n) for n in intercept if n.version == 6]
+    skip4 = v4 + [str(n) for n in exclude if n.version == 4]
+    skip6 = v6 + [str(n) for n in exclude if n.version == 6]
+    t = table_name(tunnel)
+    rules = ["fib daddr type local return"]
+    if skip4:
+        rules.append(f"ip daddr {{ {', '.join(skip4)} }} return")
+    if skip6:
+        rules.append(f"ip6 daddr {{ {', '.join(skip6)} }} return")
+    if v4:
+        rules.append(f"ip saddr {{ {', '.join(v4)} }} meta l4proto tcp redirect to :{port}")
+    if v6:
+        rules.append(f"ip6 saddr {{ {', '.join(v6)} }} meta l4proto tcp redirect to :{port}")
+    body = "\n".join(f"    {r}" for r in rules)
+    # "add table" then "delete table" makes the load replace any leftover
+    # table of a crashed run, in the same transaction.
+    return (f"add table inet {t}\ndelete table inet {t}\n"
+            f"table inet {t} {{\n  chain prerouting {{\n"
+            f"    type nat hook prerouting priority dstnat; policy accept;\n{body}\n  }}\n}}\n")
+
+
+def _nft(script: str) -> None:
+    try:
+        r = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True,
+                           timeout=10)
+    except FileNotFoundError:
+        raise NftError("nft not found: install nftables") from None
+    if r.returncode != 0:
+        raise NftError(f"nft: {r.stderr.strip().splitlines()[0] if r.stderr.strip() else r.returncode}")
+
+
+def install(tunnel: str, port: int, intercept, exclude) -> None:
+    _nft(ruleset(tunnel, port, intercept, exclude))
+
+
+def remove(tunnel: str) -> None:
+    t = table_name(tunnel)
+    _nft(f"add table inet {t}\ndelete table inet {t}\n")

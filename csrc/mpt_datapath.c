@@ -32,6 +32,8 @@ struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int listen_fd, uint16_t sessi
     dp->server = listen_fd >= 0;
     dp->listen_fd = listen_fd;
     dp->session = session;
+    pthread_mutex_init(&dp->lock, NULL);
+    pthread_cond_init(&dp->synced, NULL);
     dp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     dp->reorder = mpt_reorder_new(MPT_REORDER_SLOTS, MPT_MAX_PKT, (int64_t)hold_us * 1000,
                                   (int64_t)alive_ms * 1000000, mpt_deliver_to_tun, dp);
@@ -39,8 +41,6 @@ struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int listen_fd, uint16_t sessi
         mpt_dp_free(dp);
         return NULL;
     }
-    pthread_mutex_init(&dp->lock, NULL);
-    pthread_cond_init(&dp->synced, NULL);
     mpt_sched_init(&dp->sched);
     for (int i = 0; i < MPT_MAX_PATHS; i++)
         dp->paths[i].fd = -1;
@@ -55,9 +55,9 @@ static void wake(struct mpt_dp *dp)
     }
 }
 
-struct mpt_counters *mpt_dp_counters(struct mpt_dp *dp)
+int mpt_dp_failed(struct mpt_dp *dp)
 {
-    return &dp->counters;
+    return dp->failed;
 }
 
 void mpt_dp_set_hold(struct mpt_dp *dp, uint32_t hold_us, uint32_t alive_ms)
@@ -72,7 +72,7 @@ int mpt_dp_set_path(struct mpt_dp *dp, int idx, int fd, const uint8_t *addr, uin
                     double weight, int active)
 {
     struct mpt_path *p;
-    if (idx < 0 || idx >= MPT_MAX_PATHS || addrlen > sizeof(p->peer))
+    if (idx < 0 || idx >= MPT_MAX_PATHS || addrlen > MPT_SOCKADDR_MAX)
         return -1;
     pthread_mutex_lock(&dp->lock);
     p = &dp->paths[idx];
@@ -87,6 +87,28 @@ int mpt_dp_set_path(struct mpt_dp *dp, int idx, int fd, const uint8_t *addr, uin
     p->active = fd >= 0 && active;
     mpt_sched_set(&dp->sched, idx, weight, p->active);
     dp->gen++;
+    pthread_mutex_unlock(&dp->lock);
+    wake(dp);
+    return 0;
+}
+
+int mpt_dp_set_peer(struct mpt_dp *dp, int idx, int fd, const uint8_t *addr, uint32_t addrlen,
+                    uint32_t local_family, const uint8_t *local)
+{
+    struct mpt_path *p;
+    if (idx < 0 || idx >= MPT_MAX_PATHS || addrlen == 0 || addrlen > MPT_SOCKADDR_MAX ||
+        (local_family != 0 && local_family != 4 && local_family != 6))
+        return -1;
+    pthread_mutex_lock(&dp->lock);
+    p = &dp->paths[idx];
+    memcpy(&p->peer, addr, addrlen);
+    p->peerlen = addrlen;
+    p->local.family = local_family;
+    memcpy(p->local.addr, local, sizeof(p->local.addr));
+    if (p->fd != fd) {
+        p->fd = fd;
+        dp->gen++;
+    }
     pthread_mutex_unlock(&dp->lock);
     wake(dp);
     return 0;
@@ -114,7 +136,7 @@ void mpt_dp_sync(struct mpt_dp *dp)
 
 /* The fds to poll: wake, TUN, the listen socket, then each distinct path
  * socket. */
-static int build_pollset(struct mpt_dp *dp, struct pollfd *pfd)
+static int build_pollset(struct mpt_dp *dp, struct pollfd *pfd, uint64_t *gen_built)
 {
     int n = 0;
     pfd[n++] = (struct pollfd){ .fd = dp->wake_fd, .events = POLLIN };
@@ -131,7 +153,7 @@ static int build_pollset(struct mpt_dp *dp, struct pollfd *pfd)
         if (!dup)
             pfd[n++] = (struct pollfd){ .fd = fd, .events = POLLIN };
     }
-    dp->gen_seen = dp->gen;
+    dp->gen_seen = *gen_built = dp->gen;
     pthread_cond_broadcast(&dp->synced);
     pthread_mutex_unlock(&dp->lock);
     return n;
@@ -163,13 +185,20 @@ static void *loop(void *arg)
         pthread_mutex_lock(&dp->lock);
         gen = dp->gen;
         pthread_mutex_unlock(&dp->lock);
-        if (gen != gen_polled) {
-            n = build_pollset(dp, pfd);
-            gen_polled = gen;
-        }
+        if (gen != gen_polled)
+            n = build_pollset(dp, pfd, &gen_polled);
         dp->counters.loops++;
-        if (poll(pfd, (nfds_t)n, poll_timeout_ms(dp)) < 0 && errno != EINTR)
+        if (poll(pfd, (nfds_t)n, poll_timeout_ms(dp)) < 0) {
+            if (errno == EINTR)
+                continue;
+            dp->failed = errno;
             break;
+        }
+        if (pfd[1].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+            /* The TUN device is gone: nothing more to do; Python sees failed. */
+            dp->failed = EIO;
+            break;
+        }
         if (pfd[0].revents & POLLIN) {
             uint64_t v;
             if (read(dp->wake_fd, &v, sizeof(v)) < 0) {
@@ -235,7 +264,8 @@ void mpt_dp_free(struct mpt_dp *dp)
 void mpt_dp_copy_counters(struct mpt_dp *dp, struct mpt_counters *out)
 {
     const struct mpt_reorder_stats *rs = &dp->reorder->stats;
-    /* Aligned 64-bit loads do not tear; a snapshot a packet stale is fine. */
+    /* A snapshot a packet stale is fine.  Aligned 64-bit loads do not tear
+     * on 64-bit targets; 32-bit ones would need atomics here (not yet). */
     memcpy(out, &dp->counters, sizeof(*out));
     pthread_mutex_lock(&dp->lock);
     out->drop_duplicate = rs->duplicates;

@@ -32,7 +32,7 @@ struct mpt_counters {
     uint64_t drop_no_path;       /* nothing to send on */
     uint64_t drop_malformed;     /* shorter than a header */
     uint64_t drop_version;       /* unknown version or type */
-    uint64_t drop_bad_path;      /* path index out of range */
+    uint64_t drop_bad_path;      /* path index out of range, or (client) not from the server */
     uint64_t drop_bad_inner;     /* payload is not one whole IP packet */
     uint64_t drop_too_big;
     uint64_t drop_duplicate;     /* this and the reorder_* below: from the reorder buffer */
@@ -52,6 +52,8 @@ struct mpt_ctrl_meta {
     int32_t fd;                  /* socket it arrived on */
     uint32_t addrlen;
     uint8_t addr[MPT_SOCKADDR_MAX];
+    uint32_t local_family;       /* the address it was sent to: 0 unknown, 4 or 6 */
+    uint8_t local[16];
 };
 
 struct mpt_dp;
@@ -64,13 +66,18 @@ struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int listen_fd, uint16_t sessi
 int mpt_dp_start(struct mpt_dp *dp);
 void mpt_dp_stop(struct mpt_dp *dp);
 void mpt_dp_free(struct mpt_dp *dp);
-struct mpt_counters *mpt_dp_counters(struct mpt_dp *dp);
+/* 0 while the thread runs normally, else the errno that stopped it. */
+int mpt_dp_failed(struct mpt_dp *dp);
 void mpt_dp_set_hold(struct mpt_dp *dp, uint32_t hold_us, uint32_t alive_ms);
 
 /* Set path idx.  fd < 0 removes it.  addrlen 0 keeps the current peer
  * address (the server's learned one).  Returns 0, or -1 on bad arguments. */
 int mpt_dp_set_path(struct mpt_dp *dp, int idx, int fd, const uint8_t *addr, uint32_t addrlen,
                     double weight, int active);
+/* Only the peer address (and socket) of path idx: the server, once Python
+ * has checked a probe from a new address.  Returns 0, or -1. */
+int mpt_dp_set_peer(struct mpt_dp *dp, int idx, int fd, const uint8_t *addr, uint32_t addrlen,
+                    uint32_t local_family, const uint8_t *local);
 /* Copy path idx's peer address out; returns its length (0 if none). */
 uint32_t mpt_dp_get_peer(struct mpt_dp *dp, int idx, uint8_t *addr);
 /* Wait until the loop has picked up every path change made so far, so a

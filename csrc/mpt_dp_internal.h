@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include "mpt_datapath.h"
+#include "mpt_pktinfo.h"
 #include "mpt_reorder.h"
 #include "mpt_wire.h"
 
@@ -16,6 +17,7 @@ struct mpt_path {
     double weight;
     struct sockaddr_storage peer;
     socklen_t peerlen;
+    struct mpt_local local;        /* server: the address the client sends to */
     uint32_t tx_path_seq;
 };
 
@@ -24,6 +26,7 @@ struct mpt_txq {
     struct mmsghdr msgs[MPT_BATCH];
     struct iovec iov[MPT_BATCH];
     struct sockaddr_storage to[MPT_BATCH];
+    uint8_t cmsg[MPT_BATCH][MPT_PKTINFO_SPACE];
     int fd;
     unsigned n;
 };
@@ -46,6 +49,7 @@ struct mpt_dp {
     pthread_t thread;
     int running;
     volatile int stop;
+    volatile int failed;           /* errno that stopped the loop */
 
     struct mpt_reorder *reorder;
     struct mpt_counters counters;
@@ -57,6 +61,8 @@ struct mpt_dp {
     struct mmsghdr rx_msgs[MPT_BATCH];
     struct iovec rx_iov[MPT_BATCH];
     struct sockaddr_storage rx_from[MPT_BATCH];
+    uint8_t rx_cmsg[MPT_BATCH][MPT_PKTINFO_SPACE];
+    struct mpt_local rx_local[MPT_BATCH];
 };
 
 int64_t mpt_now_ns(void);

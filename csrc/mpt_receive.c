@@ -4,10 +4,11 @@
  *   1. recvmmsg      up to MPT_BATCH datagrams from one path socket;
  *   2. classify      check the header (length, version, type, path index);
  *                    control packets go to Python with their source address;
- *   3. learn         (server) follow the client's address for that path,
- *                    from data and control packets alike;
- *   4. reorder       check the inner packet and hand it to the reorder
- *                    buffer, which delivers to the TUN device in sequence.
+ *   3. check         the payload must be one whole IP packet;
+ *   4. learn         (server) follow the client's address for that path
+ *                    (control packets: Python does it for a valid probe);
+ *   5. reorder       hand it to the reorder buffer, which delivers to the
+ *                    TUN device in sequence.
  * Anything malformed is dropped and counted; nothing unchecked is written
  * to the TUN device.
  */
@@ -30,7 +31,8 @@ void mpt_deliver_to_tun(void *ctx, const uint8_t *data, uint32_t len)
 }
 
 static void to_python(struct mpt_dp *dp, int fd, const struct sockaddr_storage *from,
-                      socklen_t fromlen, const uint8_t *pkt, size_t len)
+                      socklen_t fromlen, const struct mpt_local *local, const uint8_t *pkt,
+                      size_t len)
 {
     struct mpt_ctrl_meta meta;
     struct iovec iov[2];
@@ -38,6 +40,8 @@ static void to_python(struct mpt_dp *dp, int fd, const struct sockaddr_storage *
     meta.fd = fd;
     meta.addrlen = fromlen <= MPT_SOCKADDR_MAX ? fromlen : MPT_SOCKADDR_MAX;
     memcpy(meta.addr, from, meta.addrlen);
+    meta.local_family = local->family;
+    memcpy(meta.local, local->addr, sizeof(meta.local));
     iov[0].iov_base = &meta;
     iov[0].iov_len = sizeof(meta);
     iov[1].iov_base = (void *)pkt;
@@ -46,24 +50,31 @@ static void to_python(struct mpt_dp *dp, int fd, const struct sockaddr_storage *
         dp->counters.drop_ctrl_queue++;
 }
 
-/* Which path a datagram belongs to: the client knows it by the socket, the
- * server reads the client's index from the header.  -1 if none. */
-static int path_of(struct mpt_dp *dp, int fd, const struct mpt_hdr *h)
+/* Which path a datagram belongs to: the client knows it by the socket and
+ * accepts only the server's address on it; the server reads the client's
+ * index from the header.  -1 if none. */
+static int path_of(struct mpt_dp *dp, int fd, const struct mpt_hdr *h,
+                   const struct sockaddr_storage *from, socklen_t fromlen)
 {
+    const struct mpt_path *p;
     if (dp->server)
         return h->path < MPT_MAX_PATHS ? h->path : -1;
-    for (int i = 0; i < MPT_MAX_PATHS; i++)
-        if (dp->paths[i].fd == fd && h->path == i)
-            return i;
-    return -1;
+    if (h->path >= MPT_MAX_PATHS)
+        return -1;
+    p = &dp->paths[h->path];
+    if (p->fd != fd || p->peerlen != fromlen || memcmp(&p->peer, from, fromlen) != 0)
+        return -1;
+    return h->path;
 }
 
 static void learn(struct mpt_dp *dp, int idx, int fd, const struct sockaddr_storage *from,
-                  socklen_t fromlen)
+                  socklen_t fromlen, const struct mpt_local *local)
 {
     struct mpt_path *p = &dp->paths[idx];
-    if (fromlen > sizeof(p->peer))
+    if (fromlen > MPT_SOCKADDR_MAX)
         return;
+    if (local->family)
+        p->local = *local;
     if (p->peerlen == fromlen && memcmp(&p->peer, from, fromlen) == 0 && p->fd == fd)
         return;
     if (p->peerlen != 0)
@@ -105,17 +116,17 @@ static void receive_one(struct mpt_dp *dp, int fd, unsigned i, int64_t now)
         dp->counters.drop_version++;
         return;
     }
-    idx = path_of(dp, fd, &h);
+    idx = path_of(dp, fd, &h, &dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen);
     if (idx < 0) {
         dp->counters.drop_bad_path++;
         return;
     }
-    if (dp->server)
-        learn(dp, idx, fd, &dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen);
     if (h.type == MPT_TYPE_CONTROL) {
+        /* Python parses it and, for a valid probe, sets the address. */
         dp->counters.path[idx].ctrl_rx++;
         mpt_reorder_heard(dp->reorder, idx, now);
-        to_python(dp, fd, &dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen, pkt, len);
+        to_python(dp, fd, &dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen,
+                  &dp->rx_local[i], pkt, len);
         return;
     }
     if (!mpt_inner_ok(pkt + MPT_HDR_LEN, len - MPT_HDR_LEN)) {
@@ -123,6 +134,9 @@ static void receive_one(struct mpt_dp *dp, int fd, unsigned i, int64_t now)
         return;
     }
     check_session(dp, h.session);
+    if (dp->server)
+        learn(dp, idx, fd, &dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen,
+              &dp->rx_local[i]);
     dp->counters.path[idx].rx_packets++;
     dp->counters.path[idx].rx_bytes += len - MPT_HDR_LEN;
     if (h.path_seq > dp->counters.path[idx].rx_path_seq)
@@ -142,11 +156,15 @@ void mpt_receive_from_socket(struct mpt_dp *dp, int fd)
         dp->rx_msgs[i].msg_hdr.msg_iovlen = 1;
         dp->rx_msgs[i].msg_hdr.msg_name = &dp->rx_from[i];
         dp->rx_msgs[i].msg_hdr.msg_namelen = sizeof(dp->rx_from[i]);
+        dp->rx_msgs[i].msg_hdr.msg_control = dp->rx_cmsg[i];
+        dp->rx_msgs[i].msg_hdr.msg_controllen = sizeof(dp->rx_cmsg[i]);
     }
     n = recvmmsg(fd, dp->rx_msgs, MPT_BATCH, MSG_DONTWAIT, NULL);
     if (n <= 0)
         return;
     now = mpt_now_ns();
+    for (int i = 0; i < n; i++)
+        mpt_pktinfo_parse(&dp->rx_msgs[i].msg_hdr, &dp->rx_local[i]);
     pthread_mutex_lock(&dp->lock);
     for (int i = 0; i < n; i++)
         receive_one(dp, fd, (unsigned)i, now);

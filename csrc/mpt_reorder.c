@@ -85,6 +85,30 @@ static void release_next(struct mpt_reorder *r)
     r->next++;
 }
 
+/* Move the release point far ahead in one pass over the ring (a jump of
+ * 2^62 must not cost 2^62 steps): what is held is delivered in order, the
+ * rest of the distance counts as skipped. */
+static void jump(struct mpt_reorder *r, uint64_t to)
+{
+    while (r->nheld > 0) {
+        uint32_t i;
+        for (i = 0; i < r->nslots; i++) {
+            struct mpt_slot_meta *m = &r->meta[slot_of(r, r->next + i)];
+            if (m->state == MPT_SLOT_HELD && m->seq == r->next + i)
+                break;
+        }
+        if (i == r->nslots)
+            break;
+        r->stats.skipped += i;
+        r->next += i;
+        release_next(r);
+    }
+    r->stats.skipped += to - r->next;
+    r->next = to;
+    memset(r->meta, 0, (size_t)r->nslots * sizeof(*r->meta));
+    r->nheld = 0;
+}
+
 static void release_in_order(struct mpt_reorder *r)
 {
     for (;;) {
@@ -190,6 +214,8 @@ void mpt_reorder_input(struct mpt_reorder *r, uint64_t seq, int path, const uint
     if (seq - r->next >= r->nslots) {
         /* Out of window: give up the oldest gaps to make room. */
         r->stats.overflows++;
+        if (seq - r->next >= 2 * (uint64_t)r->nslots)
+            jump(r, seq - r->nslots + 1);
         while (seq - r->next >= r->nslots)
             release_next(r);
         release_in_order(r);

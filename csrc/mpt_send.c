@@ -56,6 +56,11 @@ static void queue_packet(struct mpt_dp *dp, int idx, uint8_t *pkt, uint32_t len)
     q->msgs[i].msg_hdr.msg_namelen = p->peerlen;
     q->msgs[i].msg_hdr.msg_iov = &q->iov[i];
     q->msgs[i].msg_hdr.msg_iovlen = 1;
+    if (p->local.family) {
+        q->msgs[i].msg_hdr.msg_control = q->cmsg[i];
+        q->msgs[i].msg_hdr.msg_controllen = mpt_pktinfo_build(&p->local, q->cmsg[i],
+                                                              sizeof(q->cmsg[i]));
+    }
 }
 
 static void schedule(struct mpt_dp *dp, unsigned n, const uint32_t *lens)

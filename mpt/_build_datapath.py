@@ -12,7 +12,8 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 CSRC = HERE.parent / "csrc"
-SOURCES = ["mpt_sched.c", "mpt_reorder.c", "mpt_send.c", "mpt_receive.c", "mpt_datapath.c"]
+SOURCES = ["mpt_sched.c", "mpt_reorder.c", "mpt_pktinfo.c", "mpt_send.c", "mpt_receive.c",
+           "mpt_datapath.c"]
 
 # The declarations Python sees are the headers' own, read at build time, so
 # they cannot drift from the C: header guards and includes are dropped

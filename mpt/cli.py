@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 
 EXIT_CONFIG = 2
@@ -42,13 +43,18 @@ def mptd_main(argv: list[str] | None = None) -> int:
     from .nft import NftError
     from .tun import TunError
 
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    # until the event loop takes over the signals, SIGTERM still unwinds
+    # through close(): nothing (device, routes, rules) is left half made
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_RUNTIME))
     daemon = Daemon(cfg)
     try:
         daemon.open()
         uvloop.run(daemon.run())
     except KeyFileError as e:
         return _fail("mptd", str(e), EXIT_CONFIG)
-    except (TunError, ControlError, NftError, OSError) as e:
+    except (TunError, ControlError, NftError, OSError, NetlinkError, RuntimeError) as e:
         return _fail("mptd", str(e), EXIT_RUNTIME)
     except KeyboardInterrupt:
         pass

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import signal
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -26,10 +28,17 @@ log = logging.getLogger("mptd")
 
 SOCK_BUF = 4 << 20
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33   # Linux; not exported by the socket module
+IP_PKTINFO = 8
 SERVER_MTU = 1500 - 40 - 8 - wire.HDR_LEN - wire.TAG_RESERVE   # safe on IPv6 paths
 WATCH_TICK = 0.01           # how often counters are read and paths checked
 IN_USE_WINDOW = 0.5         # a path that sent data this recently is "in use"
 TABLE_BASE = 1000           # default routing table of path i: TABLE_BASE + i
+MAX_WEIGHT = 1000.0         # as in tunnel.conf
+
+
+def _printable(name: str) -> str:
+    """A peer-supplied path name, safe to log and show."""
+    return "".join(c if c.isprintable() else "?" for c in name)[:32] or "?"
 MPTCP_SUBFLOWS = 8          # per-connection limit of the kernel's path manager
 
 
@@ -78,6 +87,7 @@ class Path:
     interval: float = 0.1
     client_usable: bool = False
     reply_to: tuple | None = None              # server: peer in the listen socket's form
+    local: tuple[int, bytes] = (0, b"")        # server: our address the client sends to
     peer_tx: int = 0                           # the other side's counters for this path
     peer_rx: int = 0
 
@@ -88,6 +98,21 @@ class Path:
     @property
     def state(self) -> str:
         return self.health.state.value
+
+
+def _pktinfo(local: tuple[int, bytes]) -> list:
+    """Ancillary data making a reply leave from `local` (as mpt_pktinfo.c)."""
+    family, addr = local
+    if family == 4:   # struct in_pktinfo: ifindex, spec_dst, addr
+        return [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", 0, addr[:4], bytes(4)))]
+    if family == 6:   # struct in6_pktinfo: addr, ifindex
+        return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, addr[:16] + struct.pack("=i", 0))]
+    return []
+
+
+def _relearn(ipr, routes: netlink.PathRoutes) -> None:
+    netlink.learn_routes(ipr, routes)
+    netlink.install(ipr, routes)
 
 
 class Daemon:
@@ -190,6 +215,11 @@ class Daemon:
         except OSError as e:
             s.close()
             raise OSError(f"cannot listen on {ep}: {e.strerror}") from None
+        # learn which of our addresses each client path sends to, so replies
+        # leave from it (mpt_pktinfo.h)
+        s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        if s.family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         _tune(s)
         self.listen_sock = s
 
@@ -198,13 +228,15 @@ class Daemon:
         before the old one is closed.  On failure the path stays out and the
         next tick or link event tries again."""
         fam = socket.AF_INET6 if ":" in p.peer[0] else socket.AF_INET
-        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s = None
         try:
+            s = socket.socket(fam, socket.SOCK_DGRAM)
             if p.interface:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, p.interface.encode())
             s.bind((p.local or "", 0))
         except OSError as e:
-            s.close()
+            if s is not None:
+                s.close()
             msg = f"path {p.name}: cannot bind to {p.interface or p.local}: {e.strerror}"
             if msg != p.last_error:
                 log.warning("%s; retrying", msg)
@@ -225,7 +257,10 @@ class Daemon:
     def _push_table(self) -> None:
         table = scheduler.path_table(self.paths.values())
         if table != self.table:
+            now = time.monotonic()
             for e in table:
+                if e.active and not self._active(e.index):
+                    self.paths[e.index].stall.restart(now)
                 p = self.paths[e.index]
                 if self.server:
                     fd, peer = self.listen_sock.fileno(), None
@@ -260,7 +295,7 @@ class Daemon:
 
     # -- control packets ---------------------------------------------------------
 
-    def _send(self, p: Path, kind: str, to=None, **fields) -> None:
+    def _send(self, p: Path, kind: str, **fields) -> None:
         c = self.dp.counters()["path"][p.index]
         pkt = wire.build_control(p.index, self.session, kind=kind, weight=p.weight,
                                  priority=p.priority, sent_ns=time.monotonic_ns(),
@@ -270,12 +305,16 @@ class Daemon:
         if sock is None:
             return
         try:
-            sock.sendto(pkt, to or p.reply_to or p.peer)
+            if self.server:
+                sock.sendmsg([pkt], _pktinfo(p.local), 0, p.reply_to)
+            else:
+                sock.sendto(pkt, p.peer)
         except OSError as e:
             log.debug("path %s: %s not sent: %s", p.name, kind, e.strerror)
 
     def _probe(self, p: Path, now: float) -> None:
         p.last_probe = now
+        p.health.on_probe_sent()
         srtt = p.health.rtt.srtt
         # the longest gap between two probes: the server's silence bound
         self._send(p, "probe", interval_ms=min(65535, int(self.cfg.idle_probe_interval * 1000)),
@@ -298,7 +337,7 @@ class Daemon:
             if len(data) < meta_len + wire.HDR_LEN:
                 self.bad_control += 1
                 continue
-            fd, alen, raw = wire.CTRL_META.unpack_from(data)
+            fd, alen, raw, local_family, local = wire.CTRL_META.unpack_from(data)
             src = unpack_sockaddr(raw[:alen])
             reply_to = socket_address(raw[:alen])
             pkt = data[meta_len:]
@@ -312,12 +351,11 @@ class Daemon:
                 self.bad_control += 1
                 continue
             if self.server:
-                self._server_control(idx, src, reply_to, msg)
+                self._server_control(idx, src, reply_to, raw[:alen], (local_family, local), msg)
             else:
                 self._client_control(idx, fd, msg)
 
-    def _server_control(self, idx: int, src, reply_to, msg) -> None:
-        """The C side has already learned the path's address from this packet."""
+    def _server_control(self, idx: int, src, reply_to, raw_addr: bytes, local, msg) -> None:
         now = time.monotonic()
         p = self.paths.get(idx)
         if msg.kind == "stall":
@@ -326,9 +364,10 @@ class Daemon:
                 q.client_usable = False     # until the client's next mask says otherwise
                 self._server_tick(q, now)
             return
-        if msg.kind != "probe":
+        if msg.kind != "probe" or not (0 < msg.weight <= MAX_WEIGHT and math.isfinite(msg.weight)):
             self.bad_control += 1
             return
+        msg.name = _printable(msg.name)
         if p is None:
             p = self.paths[idx] = Path(index=idx, name=msg.name, weight=msg.weight,
                                        priority=msg.priority,
@@ -336,6 +375,9 @@ class Daemon:
             log.info("path %s (%d) learned from %s:%d", msg.name, idx, *src)
         elif p.peer is not None and p.peer != src:
             log.info("path %s moved %s:%d -> %s:%d", p.name, *p.peer, *src)
+        if p.peer != src or p.local != local:   # new path, or the client moved (DHCP, NAT)
+            self.dp.set_peer(idx, self.listen_sock.fileno(), raw_addr, local)
+            p.local = local
         p.name, p.weight, p.priority, p.peer = msg.name, msg.weight, msg.priority, src
         p.reply_to = reply_to
         p.heard, p.interval = now, max(0.01, msg.interval_ms / 1000)
@@ -384,8 +426,9 @@ class Daemon:
             if self.proxy is not None and source != p.routes.source:
                 self._move_subflow_source(p, source)
             if ok and not was:
-                # the link is back (maybe with a new address, maybe a new device)
-                asyncio.get_running_loop().create_task(self.nl.call(netlink.install, p.routes))
+                # the link is back (maybe with a new address, maybe a new device,
+                # maybe a new gateway): learn the routes again and install them
+                asyncio.get_running_loop().create_task(self.nl.call(_relearn, p.routes))
                 self._open_path_socket(p)
                 self._probe(p, now)
             if new:
@@ -410,6 +453,8 @@ class Daemon:
         """Every WATCH_TICK: counters → in-use, data arrivals, stalls; path
         state machines; probes due."""
         while True:
+            if self.dp.failed():
+                raise RuntimeError(f"datapath stopped: {os.strerror(self.dp.failed())}")
             now = time.monotonic()
             counters = self.dp.counters()["path"]
             for p in list(self.paths.values()):
@@ -540,7 +585,8 @@ class Daemon:
             loop.add_reader(self.ctrl_rx.fileno(), self._on_control_readable)
             if not self.server:
                 names = {p.interface for p in self.paths.values() if p.interface}
-                self.watcher = netlink.LinkWatcher(names, self._on_link_change)
+                self.watcher = netlink.LinkWatcher(names, self._on_link_change,
+                                                   lambda: self.nl.call(netlink.dump))
                 self.watcher.start(loop, await self.nl.call(netlink.dump))
                 for name in names:
                     self._on_link_change(name)

@@ -81,6 +81,18 @@ class Datapath:
         if lib.mpt_dp_set_path(self._dp, idx, fd, raw, len(raw), float(weight), int(active)):
             raise ValueError(f"bad path index {idx}")
 
+    def set_peer(self, idx: int, fd: int, raw_sockaddr: bytes, local: tuple[int, bytes]) -> None:
+        """Path idx's client address (raw sockaddr) and the local address
+        (family 0/4/6, 16 bytes) that replies must leave from."""
+        family, addr = local
+        if lib.mpt_dp_set_peer(self._dp, idx, fd, raw_sockaddr, len(raw_sockaddr), family,
+                               addr.ljust(16, b"\0")):
+            raise ValueError(f"bad path index {idx} or address")
+
+    def failed(self) -> int:
+        """0 while the datapath thread runs, else the errno that stopped it."""
+        return lib.mpt_dp_failed(self._dp)
+
     def peer(self, idx: int) -> tuple[str, int] | None:
         buf = ffi.new("uint8_t[]", lib.MPT_SOCKADDR_MAX)
         n = lib.mpt_dp_get_peer(self._dp, idx, buf)

@@ -91,10 +91,11 @@ def _apply(links: dict[str, Link], by_index: dict[int, str], msg) -> str | None:
 
 
 class LinkWatcher:
-    def __init__(self, names, on_change):
+    def __init__(self, names, on_change, redump):
         self.links: dict[str, Link] = {n: Link() for n in names}
         self.by_index: dict[int, str] = {}
         self.on_change = on_change
+        self.redump = redump          # async: a fresh dump, after lost events
         self.sock: IPRSocket | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop, initial: list) -> None:
@@ -113,9 +114,19 @@ class LinkWatcher:
                 name = _apply(self.links, self.by_index, msg)
                 if name:
                     changed.add(name)
-        except (OSError, NetlinkError) as e:   # e.g. ENOBUFS after a burst: resync
-            log.warning("netlink watcher: %s", e)
+        except (OSError, NetlinkError) as e:   # e.g. ENOBUFS: events were lost
+            log.warning("netlink watcher: %s; reading the links again", e)
+            asyncio.get_running_loop().create_task(self._resync())
         for name in changed:
+            self.on_change(name)
+
+    async def _resync(self) -> None:
+        msgs = await self.redump()
+        self.links = {n: Link() for n in self.links}
+        self.by_index = {}
+        for msg in msgs:
+            _apply(self.links, self.by_index, msg)
+        for name in self.links:
             self.on_change(name)
 
     def close(self, loop: asyncio.AbstractEventLoop) -> None:

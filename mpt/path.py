@@ -89,6 +89,7 @@ class PathHealth:
     admin_up: bool = True              # mptctl path NAME up|down
     in_use: bool = False               # carried data lately: probe at the fast rate
     flaps: int = 0
+    probed_every: float = 0.0          # the interval the last probe went out at
     rtt: RttEstimator = field(default_factory=RttEstimator)
     loss_out: LossEstimator = field(default_factory=LossEstimator)
     loss_in: LossEstimator = field(default_factory=LossEstimator)
@@ -103,7 +104,12 @@ class PathHealth:
         return self.cfg.probe_interval if busy else self.cfg.idle_probe_interval
 
     def dead_time(self) -> float:
-        return self.cfg.dead_after * self.interval()
+        # a path that just went from idle to busy still had its last probe
+        # at the idle interval: silence is judged by the slower of the two
+        return self.cfg.dead_after * max(self.interval(), self.probed_every)
+
+    def on_probe_sent(self) -> None:
+        self.probed_every = self.interval()
 
     def _enter(self, state: State, now: float) -> State | None:
         if state is self.state:
@@ -128,9 +134,12 @@ class PathHealth:
         if not self.link_ok or not self.admin_up:
             return None
         if self.state is State.SUSPECT:
-            # only a probe sent after the stall proves the path works again
+            # only a probe sent after the stall proves the path works again,
+            # and not before the hold-down is over (a data-only blackhole
+            # must not flap at probe speed)
             if sent_at is not None and self.suspect_at is not None and sent_at > self.suspect_at:
-                return self._enter(State.UP, now)
+                self.replies = UP_AFTER
+                return self._maybe_up(now)
             return None
         if self.state is State.DOWN:
             changed = self._enter(State.PROBING, now)
@@ -150,6 +159,7 @@ class PathHealth:
         if self.state is not State.UP:
             return None
         self.suspect_at = now
+        self.replies = 0
         return self._enter(State.SUSPECT, now)
 
     def on_link(self, now: float, ok: bool) -> State | None:
@@ -170,9 +180,9 @@ class PathHealth:
         return None
 
     def tick(self, now: float) -> State | None:
-        """Periodic check: silence takes the path down, and a probing path
-        that has its replies comes up once the hold-down is over."""
-        if self.state is State.PROBING:
+        """Periodic check: silence takes the path down, and a probing (or
+        suspect) path that has its replies comes up once the hold-down is over."""
+        if self.state in (State.PROBING, State.SUSPECT):
             changed = self._maybe_up(now)
             if changed:
                 return changed
@@ -210,17 +220,24 @@ class StallDetector:
     last_arrival: float | None = None
     gap_mean: float | None = None     # EWMA of the time per packet
     reported: bool = False
+    fresh: bool = True                # no arrival yet to measure a gap from
 
     def update(self, now: float, count: int) -> None:
         if self.count is None or count < self.count:
-            self.count, self.last_arrival = count, now
+            self.count, self.fresh = count, True
             return
         n = count - self.count
         if n > 0:
-            per = (now - self.last_arrival) / n
-            self.gap_mean = per if self.gap_mean is None else 0.8 * self.gap_mean + 0.2 * per
-            self.count, self.last_arrival = count, now
+            if not self.fresh:
+                per = (now - self.last_arrival) / n
+                self.gap_mean = per if self.gap_mean is None else 0.8 * self.gap_mean + 0.2 * per
+            self.count, self.last_arrival, self.fresh = count, now, False
             self.reported = False
+
+    def restart(self, now: float) -> None:
+        """The path (re)enters the schedule: judge it only by what arrives
+        from now on, at the rate it will have from now on."""
+        self.gap_mean, self.reported, self.fresh = None, False, True
 
     def stalled(self, now: float, others_last_arrival: float | None) -> bool:
         """True once per stall: a flowing path went quiet, and another path

@@ -23,8 +23,9 @@ HEADER = struct.Struct("!BBHIQ")
 assert HEADER.size == HDR_LEN
 
 # What the C side puts before a control packet on the socketpair
-# (struct mpt_ctrl_meta): fd, address length, address bytes.
-CTRL_META = struct.Struct("=iI28s")
+# (struct mpt_ctrl_meta): fd, address length, address bytes, and the local
+# address it was sent to (family 0/4/6, 16 bytes).
+CTRL_META = struct.Struct("=iI28sI16s")
 
 
 def control_header(path: int, session: int) -> bytes:

@@ -130,11 +130,24 @@ def test_forged_and_malformed_packets_never_reach_tun(client):
     assert c["drop_malformed"] >= 3 and c["drop_bad_inner"] >= 5 and c["drop_bad_path"] >= 1
 
 
+def test_client_accepts_data_only_from_the_server_address(client):
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.1", 0))
+    try:
+        stranger.sendto(data(0, ipv4_packet(1)), client["path"].getsockname())
+        wait_until(lambda: client["dp"].counters()["drop_bad_path"] == 1)
+        client["server"].sendto(data(0, ipv4_packet(2)), client["path"].getsockname())
+        (pkt,) = recv_all(client["tun"])
+        assert struct.unpack_from("!Q", pkt, 28)[0] == 2
+    finally:
+        stranger.close()
+
+
 def test_control_packets_go_to_python_with_source(client):
     pkt = wire.build_control(0, 9, kind="reply", sent_ns=1, echo_ns=2, name="wan1")
     client["server"].sendto(pkt, client["path"].getsockname())
     (msg,) = recv_all(client["ctrl"])
-    fd, alen, raw = wire.CTRL_META.unpack_from(msg)
+    fd, alen, raw, _, _ = wire.CTRL_META.unpack_from(msg)
     assert fd == client["path"].fileno()
     assert unpack_sockaddr(raw[:alen]) == client["server"].getsockname()
     assert wire.parse_control(msg[wire.CTRL_META.size:]).name == "wan1"
@@ -156,6 +169,13 @@ def test_server_learns_and_follows_client_address():
     dp = Datapath(tun_dp.fileno(), ctrl_dp.fileno(), listen.fileno(), 1, 0.05, 1.0)
     dp.start()
     try:
+        # a control packet teaches nothing (Python checks it first) ...
+        c2.sendto(wire.build_control(2, 1, kind="probe", name="x"), listen.getsockname())
+        assert len(recv_all(ctrl_py)) == 1 and dp.peer(2) is None
+        # ... nor does data whose payload is no IP packet
+        c2.sendto(data(0, b"garbage", path=2), listen.getsockname())
+        wait_until(lambda: dp.counters()["drop_bad_inner"] == 1)
+        assert dp.peer(2) is None
         c1.sendto(data(0, ipv4_packet(0), path=2), listen.getsockname())
         assert len(recv_all(tun_test)) == 1
         assert dp.peer(2) == c1.getsockname()

@@ -122,14 +122,8 @@ def test_missing_file(tmp_path):
     assert _refused(path) == f"cannot read key file {path}: No such file or directory"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file(tmp_path):
-    path = _write(tmp_path / "tunnel.key", generate_key(), 0o200)
-    assert _refused(path) == f"cannot read key file {path}: Permission denied"
-
-
 def test_read_error_is_reported_with_strerror(tmp_path, monkeypatch):
-    # The test above is skipped as root; this one runs everywhere.
+    # An unreadable file cannot be made as root (CI runs as root): fake the read error.
     path = _write(tmp_path / "tunnel.key", generate_key())
 
     def fail(*args):

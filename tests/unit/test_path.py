@@ -50,13 +50,32 @@ def test_data_counts_as_not_silent():
         assert h.tick(t * 0.1 + 0.05) is None
 
 
-def test_stall_makes_suspect_and_only_a_fresh_reply_restores():
+def test_stall_makes_suspect_and_only_a_fresh_reply_after_hold_down_restores():
     h = up_path()
     assert h.on_stall(1.0) is State.SUSPECT and not h.usable
     assert h.on_reply(1.02, sent_at=0.95) is None      # a probe from before the stall
+    assert h.tick(1.3) is None and h.state is State.SUSPECT   # no fresh reply yet
+    h = up_path()
+    h.on_stall(1.0)
+    assert h.on_reply(1.12, sent_at=1.05) is None      # fresh, but within the hold-down
     assert h.state is State.SUSPECT
-    assert h.on_reply(1.12, sent_at=1.05) is State.UP
+    for t in (1.2, 1.3, 1.4):
+        h.on_reply(t, sent_at=t - 0.01)
+        assert h.tick(t) is None
+    assert h.on_reply(1.5, sent_at=1.49) is State.UP
     assert h.flaps == 1
+
+
+def test_busy_after_idle_is_not_declared_dead_by_the_shorter_interval():
+    h = up_path()
+    h.in_use = False
+    h.on_probe_sent()                                  # sent at the idle interval
+    h.on_reply(1.0)
+    h.in_use = True                                    # traffic starts
+    assert h.tick(1.31) is None                        # 0.31 s > 3 x 0.1 s, < 3 x 0.3 s
+    h.on_probe_sent()
+    h.on_reply(1.4)
+    assert h.tick(1.71) is State.DOWN
 
 
 def test_suspect_path_that_stays_silent_goes_down():
@@ -145,6 +164,19 @@ def test_stall_detector_reports_once_when_others_deliver():
     assert not d.stalled(0.2, others_last_arrival=0.2)  # once
     d.update(0.3, 300)
     assert not d.reported
+
+
+def test_stall_detector_restarted_path_is_judged_by_new_arrivals_only():
+    d = StallDetector()
+    for i in range(100):
+        d.update(i * 0.001, i)                         # then the path left the schedule
+    d.restart(5.0)                                     # back in it at 5 s
+    assert not d.stalled(5.05, others_last_arrival=5.05)   # nothing new yet: no verdict
+    assert d.last_arrival == 0.099                     # only real arrivals count
+    for i in range(1, 50):
+        d.update(5.0 + i * 0.001, 100 + i)
+    assert d.gap_mean == pytest.approx(0.001)          # the old pause is not a gap
+    assert d.stalled(5.049 + 0.03, others_last_arrival=5.049 + 0.03)
 
 
 def test_stall_detector_quiet_when_everything_stops():

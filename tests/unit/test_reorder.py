@@ -168,6 +168,23 @@ def test_far_jump_releases_everything_held_in_order():
     assert r.stats.overflows == 1
 
 
+@pytest.mark.parametrize("jump", [2**20, 2**40, 2**62, 2**63 - 1])
+def test_huge_jump_costs_one_pass_not_one_step_per_number(jump):
+    """A forged sequence far ahead must not stall the datapath."""
+    import time
+    r = Reorder(slots=64)
+    r.input(0, 0, path=0)
+    r.input(3, 0, path=1)
+    t = time.monotonic()
+    r.input(jump, 0, path=1)
+    assert time.monotonic() - t < 0.5
+    assert r.out[:2] == [0, 3]
+    assert r.r.next >= jump - 64
+    r.input(jump + 1, 0, path=1)
+    r.tick(HOLD * 2)
+    assert r.out[-2:] == [jump, jump + 1]
+
+
 def test_memory_is_bounded_by_the_slots():
     r = Reorder(slots=32)
     for s in range(1, 100000, 2):   # every other packet lost, all held briefly

@@ -1,13 +1,16 @@
 """TCP over MPTCP benchmark (issue: TCP proxy).
 
-1. Aggregation: one LAN TCP flow (iperf3, lanA -> lanB) over 2 x RATE Mbit/s
-   paths through mpt's proxy, next to one plain TCP flow over a single bare
-   path, in the same run.
+1. Aggregation: one LAN TCP flow (lanA -> lanB) over 2 x RATE Mbit/s paths
+   through mpt's proxy, next to one plain TCP flow over a single bare path, in
+   the same run.  Goodput is a whole transfer of --bytes timed end to end
+   (mpt.lab.traffic tcp-send/tcp-sink): iperf3's fixed-time test stops its
+   clock while megabytes still sit in the two relays' socket buffers, which
+   understates any proxy by a varying amount.
 2. CPU-bound relay: the same flow with no shaping, through mpt's proxy and
    through Debian's shadowsocks-libev (ss-redir on rtrA, ss-server on rtrB,
    both under mptcpize, fastest AEAD cipher), the seed project's setup.
 
-    python bench/tcp_proxy.py [--rate 100] [--seconds 8] [--repeat 3]
+    python bench/tcp_proxy.py [--rate 100] [--seconds 8] [--repeat 3] [--bytes 200000000]
 
 Needs: apt-get install shadowsocks-libev mptcpize iperf3
 """
@@ -26,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import iperf3, median  # noqa: E402
 
 from mpt import nft  # noqa: E402
+from mpt.lab import traffic  # noqa: E402
 from mpt.lab.topology import Lab  # noqa: E402
 from mpt.lab.tunnel import Tunnel  # noqa: E402
 
@@ -33,11 +37,26 @@ SS_CIPHER = "aes-128-gcm"       # the fastest AEAD here (AES-NI); shadowsocks-li
 SS_PORT, SS_LOCAL = 8388, 1080
 
 
-def through_mpt(rate, seconds, repeat) -> list[float]:
+def transfer(lab, src, dst, addr, nbytes, port) -> float:
+    """Mbit/s of one TCP transfer of nbytes, from the first byte sent until
+    the receiver confirmed the last one."""
+    sink = traffic.start_tcp_sink(lab, dst, addr, port)
+    res = traffic.run_tcp_send(lab, src, addr, port, nbytes, timeout=120)
+    sink.result(60)
+    if not res["ok"]:
+        raise RuntimeError(f"transfer corrupted: {res}")
+    return res["mbit"]
+
+
+def through_mpt(rate, seconds, repeat, nbytes=None) -> list[float]:
+    """iperf3 for `seconds`, or whole transfers of `nbytes`."""
     with Lab(paths=2, rate_mbit=rate) as lab:
         t = Tunnel(lab, tcp_proxy=True)
         try:
             t.wait_up()
+            if nbytes:
+                return [transfer(lab, lab.lanA, lab.lanB, lab.lan_b_addr(), nbytes, 5300 + i)
+                        for i in range(repeat)]
             return [iperf3(lab, lab.lanA, lab.lanB, lab.lan_b_addr(), seconds=seconds)
                     for _ in range(repeat)]
         finally:
@@ -81,10 +100,10 @@ def unplug_replug(rate, seconds=30, unplug=10, replug=20) -> dict:
             "intervals": [(round(e, 1), round(m, 1)) for e, m in iv]}
 
 
-def bare_single_path(rate, seconds, repeat) -> list[float]:
+def bare_single_path(rate, repeat, nbytes) -> list[float]:
     with Lab(paths=1, rate_mbit=rate) as lab:
-        return [iperf3(lab, lab.rtrA, lab.rtrB, lab.server_addr(), seconds=seconds)
-                for _ in range(repeat)]
+        return [transfer(lab, lab.rtrA, lab.rtrB, lab.server_addr(), nbytes, 5300 + i)
+                for i in range(repeat)]
 
 
 def through_shadowsocks(rate, seconds, repeat) -> list[float]:
@@ -142,6 +161,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=100)
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--bytes", type=int, default=200_000_000,
+                    help="size of a transfer over 2 paths (half of it over 1)")
     a = ap.parse_args()
     for tool in ("iperf3", "ss-server", "ss-redir", "mptcpize"):
         if not shutil.which(tool):
@@ -150,8 +171,8 @@ def main() -> int:
             return 2
     res = {
         "shaped": {
-            "bare_single_path_tcp": summary(bare_single_path(a.rate, a.seconds, a.repeat)),
-            "mpt_proxy_2_paths": summary(through_mpt(a.rate, a.seconds, a.repeat)),
+            "bare_single_path_tcp": summary(bare_single_path(a.rate, a.repeat, a.bytes // 2)),
+            "mpt_proxy_2_paths": summary(through_mpt(a.rate, a.seconds, a.repeat, a.bytes)),
         },
         "unplug_replug": unplug_replug(a.rate),
         "unshaped": {

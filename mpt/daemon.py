@@ -88,6 +88,7 @@ class Path:
     client_usable: bool = False
     reply_to: tuple | None = None              # server: peer in the listen socket's form
     local: tuple[int, bytes] = (0, b"")        # server: our address the client sends to
+    endpoint_generation: int = 0               # client: MPTCP endpoint id rotation
     peer_tx: int = 0                           # the other side's counters for this path
     peer_rx: int = 0
 
@@ -439,11 +440,13 @@ class Daemon:
         current address (none while the link is down)."""
         old = netlink.PathRoutes(**{**p.routes.__dict__})
         p.routes.source = source
+        p.endpoint_generation += 1
+        generation = p.endpoint_generation
 
         def apply(_ipr):
             netlink.remove(_ipr, old)
             netlink.install(_ipr, p.routes)
-            mptcp.set_endpoint(_ipr, p.index, source, p.priority > 0)
+            mptcp.set_endpoint(_ipr, p.index, source, p.priority > 0, generation)
 
         asyncio.get_running_loop().create_task(self.nl.call(apply))
 

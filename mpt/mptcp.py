@@ -11,7 +11,15 @@ from pyroute2.netlink.exceptions import NetlinkError
 log = logging.getLogger("mptd")
 
 FLAG_SIGNAL, FLAG_SUBFLOW, FLAG_BACKUP = 1, 2, 4
-ID_BASE = 100          # endpoint id of path i: ID_BASE + i
+# Endpoint ids of path i: ID_BASE + i + ID_STRIDE * g, g = 0..ID_GENERATIONS-1.
+# Each time a path's address comes back it gets the next id: the kernel may
+# still count the old id as in use by a connection for a moment after the
+# old subflow closed, and would then not open the new one.
+ID_BASE, ID_STRIDE, ID_GENERATIONS = 100, 16, 8
+
+
+def _ids(index: int) -> list[int]:
+    return [ID_BASE + index + ID_STRIDE * g for g in range(ID_GENERATIONS)]
 
 
 def set_limits(_ipr, subflows: int, add_addr_accepted: int) -> None:
@@ -19,18 +27,19 @@ def set_limits(_ipr, subflows: int, add_addr_accepted: int) -> None:
         m.limits("set", subflows=subflows, add_addr_accepted=add_addr_accepted)
 
 
-def set_endpoint(_ipr, index: int, address: str | None, backup: bool) -> None:
+def set_endpoint(_ipr, index: int, address: str | None, backup: bool, generation: int = 0) -> None:
     """Path `index` sends subflows from `address` (None: it has none now)."""
     with MPTCP() as m:
-        try:
-            m.endpoint("del", id=ID_BASE + index)
-        except NetlinkError:
-            pass
+        for i in _ids(index):
+            try:
+                m.endpoint("del", id=i)
+            except NetlinkError:
+                pass
         if address is None:
             return
         kw = {"addr6" if ":" in address else "addr": address}
         try:
-            m.endpoint("add", id=ID_BASE + index,
+            m.endpoint("add", id=_ids(index)[generation % ID_GENERATIONS],
                        flags=FLAG_SUBFLOW | (FLAG_BACKUP if backup else 0), **kw)
         except NetlinkError as e:
             log.warning("mptcp endpoint %s: %s", address, e)
@@ -38,11 +47,12 @@ def set_endpoint(_ipr, index: int, address: str | None, backup: bool) -> None:
 
 def remove_endpoints(_ipr, indexes) -> None:
     with MPTCP() as m:
-        for i in indexes:
-            try:
-                m.endpoint("del", id=ID_BASE + i)
-            except NetlinkError:
-                pass
+        for index in indexes:
+            for i in _ids(index):
+                try:
+                    m.endpoint("del", id=i)
+                except NetlinkError:
+                    pass
 
 
 def endpoints(_ipr) -> list[dict]:

@@ -106,7 +106,7 @@ class TcpConfig:
     port: int = DEFAULT_TCP_PORT
     intercept: tuple[IPNetwork, ...] = ()  # client: LAN source prefixes to intercept
     exclude: tuple[IPNetwork, ...] = ()  # client: destination prefixes never intercepted
-    encrypt: bool = False  # payload encryption (not implemented: must stay off)
+    encrypt: bool = False  # payload encryption (AES-256-GCM); off: authenticated only
     line: int = 0  # line of the [tcp] header; 0 when the section is absent
 
 
@@ -493,10 +493,6 @@ class _Parser:
                     raise self.error(self.line_of(s, k), s, k,
                                      "only for role = client (the client intercepts; "
                                      "the server connects to the original destinations)")
-        if encrypt:
-            raise self.error(self.line_of(s, "encrypt"), s, "encrypt",
-                             "payload encryption is not implemented yet; most TCP payload "
-                             "is TLS already (use encrypt = off)")
         if proxy:
             if key is None:
                 raise self.error(self.line_of(s, "proxy"), s, "proxy",

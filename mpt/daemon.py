@@ -190,10 +190,11 @@ class Daemon:
             host = str(cfg.listen.host) if cfg.listen.host else "::"
             if ":" not in host:
                 host = f"::ffff:{host}"
-            self.proxy = tcpproxy.ServerProxy(key, cfg.tcp.port, host)
+            self.proxy = tcpproxy.ServerProxy(key, cfg.tcp.port, host, cfg.tcp.encrypt)
         else:
             server_host = (cfg.peer or cfg.paths[0].peer).host
-            self.proxy = tcpproxy.ClientProxy(key, cfg.tcp.port, (str(server_host), cfg.tcp.port))
+            self.proxy = tcpproxy.ClientProxy(key, cfg.tcp.port, (str(server_host), cfg.tcp.port),
+                                              cfg.tcp.encrypt)
             nft.install(cfg.name, cfg.tcp.port, cfg.tcp.intercept, cfg.tcp.exclude)
             self.nft_installed = True
 

@@ -16,10 +16,16 @@ stay in the kernel.  EOF is passed on as a half-close (shutdown SHUT_WR), a
 reset as a reset (SO_LINGER 0), and a destination that refuses, times out or
 is unreachable as a reset of the LAN connection.
 
-The request (79 bytes):
-    magic "MPTP" · version 1 · nonce (16) · unix time ns (8) ·
-    destination address (16, IPv4-mapped for IPv4) · port (2) ·
-    HMAC-SHA256(key, "mpt-tcp-proxy" + all of the above) (32)
+With encryption on (the client's `encrypt`, carried in the request) the
+payload between the routers travels in AES-256-GCM frames instead, with keys
+of its own per connection and direction (HKDF from the tunnel key and the
+request's nonce):  length (2) · ciphertext · tag (16), the length
+authenticated as associated data, the nonce a per-direction frame counter.
+
+The request (80 bytes):
+    magic "MPTP" · version 1 · flags (bit 0: encrypt) · nonce (16) ·
+    unix time ns (8) · destination address (16, IPv4-mapped for IPv4) ·
+    port (2) · HMAC-SHA256(key, "mpt-tcp-proxy" + all of the above) (32)
 The verdict: one byte, 0 connected, else why not (VERDICTS).
 """
 from __future__ import annotations
@@ -45,7 +51,8 @@ MPTCP_INFO = 1
 SO_ORIGINAL_DST = 80           # also IP6T_SO_ORIGINAL_DST at SOL_IPV6
 
 MAGIC, VERSION = b"MPTP", 1
-REQUEST = struct.Struct("!4sB16sQ16sH")
+FLAG_ENCRYPT = 1
+REQUEST = struct.Struct("!4sBB16sQ16sH")
 TAG_LEN = 32
 REQUEST_LEN = REQUEST.size + TAG_LEN
 LABEL = b"mpt-tcp-proxy"
@@ -55,22 +62,66 @@ CONNECT_TIMEOUT = 10.0         # to reach the destination
 PIPE_SIZE = 1 << 20
 CHUNK = 1 << 20
 
-OK, REFUSED, TIMED_OUT, UNREACHABLE, FAILED = range(5)
+FRAME = 16384                  # plaintext bytes per encrypted frame at most
+TAG = 16
+
+OK, REFUSED, TIMED_OUT, UNREACHABLE, FAILED, NEEDS_ENCRYPTION = range(6)
 VERDICTS = {OK: "connected", REFUSED: "refused", TIMED_OUT: "timed out",
-            UNREACHABLE: "unreachable", FAILED: "failed"}
+            UNREACHABLE: "unreachable", FAILED: "failed",
+            NEEDS_ENCRYPTION: "refused: the server requires encrypt = on"}
 
 
 class BadRequest(ValueError):
     pass
 
 
-def build_request(key: bytes, host: str, port: int, *, now: float | None = None,
-                  nonce: bytes | None = None) -> bytes:
+@dataclass(frozen=True)
+class Request:
+    host: str
+    port: int
+    encrypt: bool
+    nonce: bytes
+
+
+def build_request(key: bytes, host: str, port: int, *, encrypt: bool = False,
+                  now: float | None = None, nonce: bytes | None = None) -> bytes:
     ip = ipaddress.ip_address(host)
     addr = (ip.packed if ip.version == 6 else ipaddress.IPv6Address(f"::ffff:{ip}").packed)
-    body = REQUEST.pack(MAGIC, VERSION, nonce or secrets.token_bytes(16),
+    body = REQUEST.pack(MAGIC, VERSION, FLAG_ENCRYPT if encrypt else 0,
+                        nonce or secrets.token_bytes(16),
                         int((time.time() if now is None else now) * 1e9), addr, port)
     return body + hmac.new(key, LABEL + body, hashlib.sha256).digest()
+
+
+def payload_keys(key: bytes, nonce: bytes) -> tuple[bytes, bytes]:
+    """(client→server, server→client) AES-256-GCM keys of one connection."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=nonce,
+               info=LABEL + b" payload").derive(key)
+    return okm[:32], okm[32:]
+
+
+class Sealer:
+    """One direction's frames: seal() plaintext, open() what the peer sealed."""
+
+    def __init__(self, key: bytes):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        self.aead = AESGCM(key)
+        self.counter = 0
+
+    def _nonce(self) -> bytes:
+        n = self.counter.to_bytes(12, "big")
+        self.counter += 1
+        return n
+
+    def seal(self, data: bytes) -> bytes:
+        hdr = len(data).to_bytes(2, "big")
+        return hdr + self.aead.encrypt(self._nonce(), data, hdr)
+
+    def open(self, hdr: bytes, body: bytes) -> bytes:
+        """cryptography's InvalidTag on anything forged or reordered."""
+        return self.aead.decrypt(self._nonce(), body, hdr)
 
 
 @dataclass
@@ -90,23 +141,23 @@ class ReplayGuard:
 
 
 def parse_request(key: bytes, data: bytes, guard: ReplayGuard,
-                  now: float | None = None) -> tuple[str, int]:
-    """(host, port) of a valid request; BadRequest otherwise."""
+                  now: float | None = None) -> Request:
+    """The destination and options of a valid request; BadRequest otherwise."""
     now = time.time() if now is None else now
     if len(data) != REQUEST_LEN:
         raise BadRequest("short request")
     body, tag = data[:REQUEST.size], data[REQUEST.size:]
     if not hmac.compare_digest(tag, hmac.new(key, LABEL + body, hashlib.sha256).digest()):
         raise BadRequest("bad authentication tag")
-    magic, version, nonce, t_ns, addr, port = REQUEST.unpack(body)
-    if magic != MAGIC or version != VERSION:
+    magic, version, flags, nonce, t_ns, addr, port = REQUEST.unpack(body)
+    if magic != MAGIC or version != VERSION or flags & ~FLAG_ENCRYPT:
         raise BadRequest("unknown version")
     if abs(now - t_ns / 1e9) > MAX_AGE:
         raise BadRequest("request too old or from the future")
     if not guard.check(nonce, now):
         raise BadRequest("replayed request")
     ip = ipaddress.IPv6Address(addr)
-    return str(ip.ipv4_mapped or ip), port
+    return Request(str(ip.ipv4_mapped or ip), port, bool(flags & FLAG_ENCRYPT), nonce)
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -179,21 +230,67 @@ def _pump(src: socket.socket, dst: socket.socket, count) -> None:
                 n -= m
                 count(m)
     except OSError as e:
-        if e.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH):
-            try:
-                dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                dst.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        elif e.errno not in (errno.EBADF, errno.ENOTCONN):
-            log.debug("relay: %s", e)
+        _pass_on_error(e, dst)
     finally:
         os.close(r)
         os.close(w)
 
 
-def relay(a: socket.socket, b: socket.socket, stats: Stats, info: dict) -> None:
-    """Both directions until both ended; then both sockets are closed."""
+def _pass_on_error(e: OSError, dst: socket.socket) -> None:
+    if e.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH):
+        try:
+            dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            dst.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    elif e.errno not in (errno.EBADF, errno.ENOTCONN):
+        log.debug("relay: %s", e)
+
+
+def _pump_seal(src: socket.socket, dst: socket.socket, sealer: Sealer, count) -> None:
+    """Plaintext src → frames to dst."""
+    try:
+        while True:
+            data = src.recv(FRAME)
+            if not data:
+                dst.shutdown(socket.SHUT_WR)
+                return
+            dst.sendall(sealer.seal(data))
+            count(len(data))
+    except OSError as e:
+        _pass_on_error(e, dst)
+
+
+def _pump_open(src: socket.socket, dst: socket.socket, opener: Sealer, count) -> None:
+    """Frames from src → plaintext to dst; a forged frame resets both sides."""
+    from cryptography.exceptions import InvalidTag
+    try:
+        while True:
+            hdr = recv_exact(src, 2)
+            if not hdr:
+                dst.shutdown(socket.SHUT_WR)
+                return
+            n = int.from_bytes(hdr.ljust(2, b"\0"), "big")
+            body = recv_exact(src, n + TAG) if len(hdr) == 2 and 0 < n <= FRAME else b""
+            if len(body) != n + TAG:
+                raise ConnectionResetError(errno.ECONNRESET, "truncated frame")
+            try:
+                data = opener.open(hdr, body)
+            except InvalidTag:
+                log.info("tcp proxy: forged frame, connection reset")
+                reset(src)
+                raise ConnectionResetError(errno.ECONNRESET, "forged frame") from None
+            dst.sendall(data)
+            count(len(data))
+    except OSError as e:
+        _pass_on_error(e, dst)
+
+
+def relay(a: socket.socket, b: socket.socket, stats: Stats, info: dict,
+          a_to_b=None, b_to_a=None) -> None:
+    """Both directions until both ended; then both sockets are closed.
+    a→b counts as bytes_out.  `a_to_b`/`b_to_a`: None to splice, else
+    ("seal" | "open", Sealer) for the encrypted leg."""
     def add(field_name):
         def count(n):
             with stats.lock:
@@ -201,9 +298,15 @@ def relay(a: socket.socket, b: socket.socket, stats: Stats, info: dict) -> None:
                 setattr(stats, field_name, getattr(stats, field_name) + n)
         return count
 
-    t = threading.Thread(target=_pump, args=(b, a, add("bytes_in")), daemon=True)
+    def pump(src, dst, how, count):
+        if how is None:
+            return _pump(src, dst, count)
+        kind, sealer = how
+        return (_pump_seal if kind == "seal" else _pump_open)(src, dst, sealer, count)
+
+    t = threading.Thread(target=pump, args=(b, a, b_to_a, add("bytes_in")), daemon=True)
     t.start()
-    _pump(a, b, add("bytes_out"))
+    pump(a, b, a_to_b, add("bytes_out"))
     t.join()
     a.close()
     b.close()
@@ -213,8 +316,9 @@ class _Proxy:
     """Shared by both roles: a listening socket whose connections are each
     handled by `handle` in a thread of their own."""
 
-    def __init__(self, key: bytes):
+    def __init__(self, key: bytes, encrypt: bool = False):
         self.key = key
+        self.encrypt = encrypt
         self.stats = Stats()
         self.listener: socket.socket | None = None
         self._ids = 0
@@ -284,8 +388,8 @@ def _listen(proto: int, port: int, host: str = "::") -> socket.socket:
 class ClientProxy(_Proxy):
     """Router A: LAN connections in (redirected), MPTCP out to the server."""
 
-    def __init__(self, key: bytes, port: int, server: tuple[str, int]):
-        super().__init__(key)
+    def __init__(self, key: bytes, port: int, server: tuple[str, int], encrypt: bool = False):
+        super().__init__(key, encrypt)
         self.server = server
         self.listener = _listen(socket.IPPROTO_TCP, port)
 
@@ -295,43 +399,53 @@ class ClientProxy(_Proxy):
         fam = socket.AF_INET6 if ":" in self.server[0] else socket.AF_INET
         up = socket.socket(fam, socket.SOCK_STREAM, IPPROTO_MPTCP)
         up.settimeout(SETUP_TIMEOUT + CONNECT_TIMEOUT)
+        nonce = secrets.token_bytes(16)
         try:
             up.connect(self.server)
-            up.sendall(build_request(self.key, host, port))
+            up.sendall(build_request(self.key, host, port, encrypt=self.encrypt, nonce=nonce))
             verdict = recv_exact(up, 1)
         except OSError as e:
             log.info("tcp proxy: %s -> %s: server unreachable: %s", info["peer"], info["dst"], e)
             verdict = b""
         if verdict != bytes([OK]):
             why = VERDICTS.get(verdict[0], "failed") if verdict else "no answer from the server"
-            log.info("tcp proxy: %s -> %s %s", info["peer"], info["dst"], why)
+            log.debug("tcp proxy: %s -> %s %s", info["peer"], info["dst"], why)
             self.stats.refused += 1
             up.close()
             reset(lan)     # the LAN client sees its connection refused
             return
         up.settimeout(None)
         info["subflows"] = subflows(up)
-        relay(lan, up, self.stats, info)
+        if self.encrypt:
+            c2s, s2c = payload_keys(self.key, nonce)
+            relay(lan, up, self.stats, info, ("seal", Sealer(c2s)), ("open", Sealer(s2c)))
+        else:
+            relay(lan, up, self.stats, info)
 
 
 class ServerProxy(_Proxy):
     """Router B: MPTCP connections from the client in, the destinations out."""
 
-    def __init__(self, key: bytes, port: int, host: str = "::"):
-        super().__init__(key)
+    def __init__(self, key: bytes, port: int, host: str = "::", encrypt: bool = False):
+        super().__init__(key, encrypt)
         self.guard = ReplayGuard()
         self.listener = _listen(IPPROTO_MPTCP, port, host)
 
     def handle(self, conn: socket.socket, info: dict) -> None:
         conn.settimeout(SETUP_TIMEOUT)
         try:
-            host, port = parse_request(self.key, recv_exact(conn, REQUEST_LEN), self.guard)
+            req = parse_request(self.key, recv_exact(conn, REQUEST_LEN), self.guard)
         except (BadRequest, OSError) as e:
             self.stats.refused += 1
-            log.info("tcp proxy: refused %s: %s", info["peer"], e)   # no log line per packet
+            log.debug("tcp proxy: refused %s: %s", info["peer"], e)   # no log line per packet
             reset(conn)
             return
+        host, port = req.host, req.port
         info["dst"] = f"{host}:{port}"
+        if self.encrypt and not req.encrypt:
+            conn.sendall(bytes([NEEDS_ENCRYPTION]))
+            conn.close()
+            return
         try:
             out = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
             verdict = OK
@@ -348,4 +462,8 @@ class ServerProxy(_Proxy):
         conn.settimeout(None)
         out.settimeout(None)
         info["subflows"] = subflows(conn)
-        relay(conn, out, self.stats, info)
+        if req.encrypt:
+            c2s, s2c = payload_keys(self.key, req.nonce)
+            relay(conn, out, self.stats, info, ("open", Sealer(c2s)), ("seal", Sealer(s2c)))
+        else:
+            relay(conn, out, self.stats, info)

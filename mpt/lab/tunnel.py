@@ -54,11 +54,11 @@ class Tunnel:
     """Both daemons of a lab.  `client=`/`server=` are [tunnel] overrides,
     `weights=` the client's path weights, `path_keys=` {k: {key: value}} extra
     keys for the client's [path wan{k}], `tcp_proxy=True` a shared key and the
-    TCP proxy on both sides."""
+    TCP proxy on both sides, `tcp_encrypt` its (client, server) `encrypt`."""
 
     def __init__(self, lab, weights=None, client: dict | None = None,
                  server: dict | None = None, path_keys: dict | None = None,
-                 tcp_proxy: bool = False):
+                 tcp_proxy: bool = False, tcp_encrypt: tuple[bool, bool] = (False, False)):
         self.lab = lab
         self.dir = tempfile.mkdtemp(prefix=f"{lab.prefix}-conf-")
         cconf, sconf = os.path.join(self.dir, "client.conf"), os.path.join(self.dir, "server.conf")
@@ -71,9 +71,11 @@ class Tunnel:
             with os.fdopen(fd, "w") as f:
                 f.write(generate_key())
             client["key"] = server["key"] = self.key
+            enc = ["off", "on"]
             ctext = ("\n[tcp]\nproxy = on\n"
-                     "intercept = 198.18.100.0/24, 2001:2:0:100::/64\n")
-            stext = "\n[tcp]\nproxy = on\n"
+                     "intercept = 198.18.100.0/24, 2001:2:0:100::/64\n"
+                     f"encrypt = {enc[tcp_encrypt[0]]}\n")
+            stext = f"\n[tcp]\nproxy = on\nencrypt = {enc[tcp_encrypt[1]]}\n"
         with open(cconf, "w") as f:
             f.write(lab.client_conf(weights=weights, path_keys=path_keys, **client) + ctext)
         with open(sconf, "w") as f:

@@ -12,6 +12,15 @@ from mpt.lab import traffic
 pytestmark = pytest.mark.e2e
 
 
+# connects, then tells what the first read gives: data, eof or reset
+RESET_PROBE = ("import socket, sys\n"
+               "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n"
+               "try:\n"
+               "    print('data' if s.recv(1) else 'eof')\n"
+               "except ConnectionResetError:\n"
+               "    print('reset')\n")
+
+
 def wait_for(pred, timeout=5.0, what="condition"):
     """Poll kernel or daemon state (no event to wait on) until pred() holds."""
     deadline = time.monotonic() + timeout
@@ -73,13 +82,7 @@ def test_connection_survives_unplug_and_replug(tunnel):
 def test_refused_destination_is_refused_to_the_lan_client(tunnel):
     t = tunnel(tcp_proxy=True)
     lab = t.lab
-    probe = ("import socket, sys\n"
-             "s = socket.create_connection((sys.argv[1], 5999), timeout=10)\n"
-             "try:\n"
-             "    print('data' if s.recv(1) else 'eof')\n"
-             "except ConnectionResetError:\n"
-             "    print('reset')\n")
-    r = lab.run(lab.lanA, sys.executable, "-c", probe, lab.lan_b_addr())
+    r = lab.run(lab.lanA, sys.executable, "-c", RESET_PROBE, lab.lan_b_addr(), "5999")
     assert r.stdout.strip() == "reset"
     assert t.client.status()["tcp"]["refused"] == 1
 
@@ -124,3 +127,22 @@ def test_rules_and_endpoints_are_gone_after_exit(tunnel):
     assert "mpt_tcp_mpt0" not in lab.run(lab.rtrA, "nft", "list", "tables").stdout
     assert lab.run(lab.rtrA, "ip", "mptcp", "endpoint").stdout.strip() == ""
     assert "lookup 100" not in lab.run(lab.rtrA, "ip", "rule").stdout
+
+
+def test_encrypted_payload_arrives_intact(tunnel):
+    t = tunnel(tcp_proxy=True, tcp_encrypt=(True, True))
+    lab = t.lab
+    sink = traffic.start_tcp_sink(lab, lab.lanB, lab.lan_b_addr(), 5030)
+    res = traffic.run_tcp_send(lab, lab.lanA, lab.lan_b_addr(), 5030, 30_000_000)
+    assert res["ok"] and sink.result()["bytes"] == 30_000_000
+    assert t.server.status()["tcp"]["bytes_out"] == 30_000_000
+
+
+def test_server_requiring_encryption_refuses_plain_connections(tunnel):
+    t = tunnel(tcp_proxy=True, tcp_encrypt=(False, True))
+    lab = t.lab
+    sink = traffic.start_tcp_sink(lab, lab.lanB, lab.lan_b_addr(), 5031)
+    r = lab.run(lab.lanA, sys.executable, "-c", RESET_PROBE, lab.lan_b_addr(), "5031")
+    assert r.stdout.strip() == "reset"
+    sink.stop()
+    assert t.client.status()["tcp"]["refused"] == 1

@@ -207,8 +207,7 @@ def test_tcp_proxy_off_needs_neither_key_nor_intercept():
 def test_tcp_booleans(word, value):
     c = parse(SERVER + KEY + f"[tcp]\nproxy = {word}\nencrypt = off\n")
     assert c.tcp.proxy is value
-    if not value:  # encrypt = on is refused for now, but its spellings parse
-        assert parse(SERVER + f"[tcp]\nencrypt = {word}\n").tcp.encrypt is False
+    assert parse(SERVER + f"[tcp]\nencrypt = {word}\n").tcp.encrypt is value
 
 
 def test_tcp_keys_constant():
@@ -556,14 +555,7 @@ ERRORS = [
     (_client(paths="[path a]\ninterface = a\n[tcp]\nexclude = 2001:db8::1/32\n"),
      "f.conf:8: [tcp] exclude", "host bits must be zero"),
     # [tcp] rules
-    (_server("[tcp]\nencrypt = on\n"), "f.conf:6: [tcp] encrypt",
-     "payload encryption is not implemented yet; most TCP payload is TLS already "
-     "(use encrypt = off)"),
-    (_server(KEY + "[tcp]\nproxy = on\nencrypt = yes\n"), "f.conf:8: [tcp] encrypt",
-     "not implemented yet"),
-    (_client(KEY, "[path a]\ninterface = a\n[tcp]\nproxy = on\n"
-             "intercept = 10.0.0.0/8\nencrypt = 1\n"), "f.conf:11: [tcp] encrypt",
-     "not implemented yet"),
+    (_server("[tcp]\nencrypt = maybe\n"), "f.conf:6: [tcp] encrypt", "must be one of: on, off"),
     (_server("[tcp]\nport = 4701\nproxy = on\n"), "f.conf:7: [tcp] proxy",
      "needs key = in [tunnel]: proxied connections are authenticated with it"),
     (_client(paths="[path a]\ninterface = a\n[tcp]\nproxy = true\n"

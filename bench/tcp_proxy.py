@@ -6,9 +6,10 @@
    (mpt.lab.traffic tcp-send/tcp-sink): iperf3's fixed-time test stops its
    clock while megabytes still sit in the two relays' socket buffers, which
    understates any proxy by a varying amount.
-2. CPU-bound relay: the same flow with no shaping, through mpt's proxy and
-   through Debian's shadowsocks-libev (ss-redir on rtrA, ss-server on rtrB,
-   both under mptcpize, fastest AEAD cipher), the seed project's setup.
+2. CPU-bound relay: the same flow with no shaping, through mpt's proxy
+   (encrypt off, and on) and through Debian's shadowsocks-libev (ss-redir on
+   rtrA, ss-server on rtrB, both under mptcpize, fastest AEAD cipher), the
+   seed project's setup.
 
     python bench/tcp_proxy.py [--rate 100] [--seconds 8] [--repeat 3] [--bytes 200000000]
 
@@ -48,10 +49,10 @@ def transfer(lab, src, dst, addr, nbytes, port) -> float:
     return res["mbit"]
 
 
-def through_mpt(rate, seconds, repeat, nbytes=None) -> list[float]:
+def through_mpt(rate, seconds, repeat, nbytes=None, encrypt=False) -> list[float]:
     """iperf3 for `seconds`, or whole transfers of `nbytes`."""
     with Lab(paths=2, rate_mbit=rate) as lab:
-        t = Tunnel(lab, tcp_proxy=True)
+        t = Tunnel(lab, tcp_proxy=True, tcp_encrypt=(encrypt, encrypt))
         try:
             t.wait_up()
             if nbytes:
@@ -177,6 +178,8 @@ def main() -> int:
         "unplug_replug": unplug_replug(a.rate),
         "unshaped": {
             "mpt_proxy": summary(through_mpt(None, a.seconds, a.repeat)),
+            "mpt_proxy_encrypted": summary(through_mpt(None, a.seconds, a.repeat,
+                                                       encrypt=True)),
             "shadowsocks_libev_mptcpize": summary(through_shadowsocks(None, a.seconds, a.repeat)),
         },
     }
@@ -185,6 +188,8 @@ def main() -> int:
         sh["mpt_proxy_2_paths"]["median"] / (2 * sh["bare_single_path_tcp"]["median"]), 4)
     res["relay_speedup_vs_shadowsocks"] = round(
         un["mpt_proxy"]["median"] / un["shadowsocks_libev_mptcpize"]["median"], 2)
+    res["encrypted_relay_vs_shadowsocks"] = round(
+        un["mpt_proxy_encrypted"]["median"] / un["shadowsocks_libev_mptcpize"]["median"], 2)
     print(json.dumps(res, indent=2))
     return 0
 

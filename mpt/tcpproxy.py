@@ -192,7 +192,7 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
 
 def subflows(sock: socket.socket) -> int | None:
     """Subflows of an MPTCP connection (struct mptcp_info: first byte counts
-    the subflows besides the initial one)."""
+    the subflows besides the initial one); None once it is closed."""
     try:
         return sock.getsockopt(SOL_MPTCP, MPTCP_INFO, 64)[0] + 1
     except OSError:
@@ -364,6 +364,9 @@ class _Proxy:
             conns = [dict(c) for c in self.stats.conns.values()]
         for c in conns:
             c["since"] = round(c["since"], 3)
+            mptcp_sock = c.pop("mptcp", None)
+            if mptcp_sock is not None:   # counted now: subflows come and go
+                c["subflows"] = subflows(mptcp_sock)
         s = self.stats
         return {"active": s.active, "total": s.total, "refused": s.refused,
                 "bytes_out": s.bytes_out, "bytes_in": s.bytes_in, "connections": conns}
@@ -415,7 +418,7 @@ class ClientProxy(_Proxy):
             reset(lan)     # the LAN client sees its connection refused
             return
         up.settimeout(None)
-        info["subflows"] = subflows(up)
+        info["mptcp"] = up
         if self.encrypt:
             c2s, s2c = payload_keys(self.key, nonce)
             relay(lan, up, self.stats, info, ("seal", Sealer(c2s)), ("open", Sealer(s2c)))
@@ -461,7 +464,7 @@ class ServerProxy(_Proxy):
             return
         conn.settimeout(None)
         out.settimeout(None)
-        info["subflows"] = subflows(conn)
+        info["mptcp"] = conn
         if req.encrypt:
             c2s, s2c = payload_keys(self.key, req.nonce)
             relay(conn, out, self.stats, info, ("open", Sealer(c2s)), ("seal", Sealer(s2c)))

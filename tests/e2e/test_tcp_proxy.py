@@ -52,10 +52,9 @@ def test_lan_tcp_goes_over_mptcp_with_one_subflow_per_path(tunnel, v6):
     # the kernel shows two subflows, one from each WAN address
     assert wait_for(lambda: subflows(lab) == {lab.wan_addr(1), lab.wan_addr(2)},
                     what="a subflow on each WAN")
-    st = t.client.status()["tcp"]
-    (conn,) = st["connections"]
+    (conn,) = wait_for(lambda: [c for c in t.client.status()["tcp"]["connections"]
+                                if c["subflows"] == 2], what="the proxy seeing 2 subflows")
     assert conn["dst"] == f"{lab.lan_b_addr(v6)}:5020"     # the original destination
-    assert conn["subflows"] == 2
     res = tx.result(60)
     assert res["ok"] and sink.result(60)["bytes"] == 60_000_000
     srv = t.server.status()["tcp"]

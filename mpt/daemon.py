@@ -22,33 +22,27 @@ from . import control, keyfile, mptcp, netlink, nft, scheduler, tcpproxy, wire
 from .config import TunnelConfig
 from .datapath import MAX_PATHS, Datapath, socket_address, unpack_sockaddr
 from .path import HealthConfig, PathHealth, State, StallDetector
+from .sockopt import IP_PKTINFO, big_buffers
 from .tun import Tun, interface_mtu
 
 log = logging.getLogger("mptd")
 
 SOCK_BUF = 4 << 20
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33   # Linux; not exported by the socket module
-IP_PKTINFO = 8
 SERVER_MTU = 1500 - 40 - 8 - wire.HDR_LEN - wire.TAG_RESERVE   # safe on IPv6 paths
 WATCH_TICK = 0.01           # how often counters are read and paths checked
 IN_USE_WINDOW = 0.5         # a path that sent data this recently is "in use"
 TABLE_BASE = 1000           # default routing table of path i: TABLE_BASE + i
 MAX_WEIGHT = 1000.0         # as in tunnel.conf
+MPTCP_SUBFLOWS = 8          # per-connection limit of the kernel's path manager
 
 
 def _printable(name: str) -> str:
     """A peer-supplied path name, safe to log and show."""
     return "".join(c if c.isprintable() else "?" for c in name)[:32] or "?"
-MPTCP_SUBFLOWS = 8          # per-connection limit of the kernel's path manager
 
 
 def _tune(sock: socket.socket) -> None:
-    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF),
-                         (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCK_BUF)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, SOCK_BUF)
+    big_buffers(sock, SOCK_BUF)
     sock.setblocking(False)
 
 

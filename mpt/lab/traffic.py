@@ -42,27 +42,18 @@ import time
 from array import array
 from collections.abc import Sequence
 
+from mpt.sockopt import big_buffers
+
 __all__ = ["ToolProcess", "ToolError", "start_udp_receiver", "start_tcp_sink",
            "run_udp_send", "run_tcp_send", "ping", "END_SEQ", "HEADER"]
 
 HEADER = struct.Struct("!QQ")      # seq, send time (monotonic ns)
 END_SEQ = 2 ** 64 - 1
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
 
 def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-
-def _big_buffers(sock: socket.socket, size: int = 4 << 20) -> None:
-    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF),
-                         (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 def _emit(obj: dict, path: str | None = None) -> None:
@@ -154,7 +145,7 @@ def udp_stats(seqs: Sequence[int], arrivals_ns: Sequence[int],
 
 def cmd_udp_recv(a: argparse.Namespace) -> int:
     sock = socket.socket(_family(a.bind), socket.SOCK_DGRAM)
-    _big_buffers(sock, 8 << 20)
+    big_buffers(sock, 8 << 20)
     if a.dev:
         sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, a.dev.encode())
     sock.bind((a.bind, a.port))
@@ -205,7 +196,7 @@ def cmd_udp_send(a: argparse.Namespace) -> int:
         raise SystemExit("--size must be at least 24")
     fam = _family(a.to)
     sock = socket.socket(fam, socket.SOCK_DGRAM)
-    _big_buffers(sock)
+    big_buffers(sock)
     if a.dev:
         sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, a.dev.encode())
     if a.bind:

@@ -47,19 +47,28 @@ def recv_all(sock, timeout=0.5):
     return out
 
 
+def pairs():
+    """(datapath's end, test's end) of the fake TUN and of the control channel."""
+    tun_dp, tun_test = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ctrl_dp, ctrl_py = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tun_dp.setblocking(False)
+    ctrl_dp.setblocking(False)
+    return tun_dp, tun_test, ctrl_dp, ctrl_py
+
+
+def udp(blocking=True):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(blocking)
+    return s
+
+
 @pytest.fixture
 def client():
     """A client datapath with one path: its socket, the peer socket acting
     as the server, the fake TUN and the control pair."""
-    tun_dp, tun_test = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ctrl_dp, ctrl_py = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for s in (tun_dp, ctrl_dp):
-        s.setblocking(False)
-    path = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    path.bind(("127.0.0.1", 0))
-    path.setblocking(False)
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
+    tun_dp, tun_test, ctrl_dp, ctrl_py = pairs()
+    path, server = udp(blocking=False), udp()
     dp = Datapath(tun_dp.fileno(), ctrl_dp.fileno(), -1, 0x1234, 0.05, 1.0)
     dp.set_path(0, path.fileno(), server.getsockname(), 1.0, True)
     dp.start()
@@ -131,8 +140,7 @@ def test_forged_and_malformed_packets_never_reach_tun(client):
 
 
 def test_client_accepts_data_only_from_the_server_address(client):
-    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    stranger.bind(("127.0.0.1", 0))
+    stranger = udp()
     try:
         stranger.sendto(data(0, ipv4_packet(1)), client["path"].getsockname())
         wait_until(lambda: client["dp"].counters()["drop_bad_path"] == 1)
@@ -155,17 +163,8 @@ def test_control_packets_go_to_python_with_source(client):
 
 
 def test_server_learns_and_follows_client_address():
-    tun_dp, tun_test = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ctrl_dp, ctrl_py = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    tun_dp.setblocking(False)
-    ctrl_dp.setblocking(False)
-    listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    listen.bind(("127.0.0.1", 0))
-    listen.setblocking(False)
-    c1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    c1.bind(("127.0.0.1", 0))
-    c2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    c2.bind(("127.0.0.1", 0))
+    tun_dp, tun_test, ctrl_dp, ctrl_py = pairs()
+    listen, c1, c2 = udp(blocking=False), udp(), udp()
     dp = Datapath(tun_dp.fileno(), ctrl_dp.fileno(), listen.fileno(), 1, 0.05, 1.0)
     dp.start()
     try:

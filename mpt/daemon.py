@@ -66,7 +66,7 @@ class Path:
     priority: int = 0
     health: PathHealth | None = None
     interface: str | None = None
-    local: str | None = None
+    local: str | None = None                  # client: source address from the config
     peer: tuple | None = None                 # client: the server; server: the client
     sock: socket.socket | None = None
     routes: netlink.PathRoutes | None = None
@@ -81,7 +81,7 @@ class Path:
     interval: float = 0.1
     client_usable: bool = False
     reply_to: tuple | None = None              # server: peer in the listen socket's form
-    local: tuple[int, bytes] = (0, b"")        # server: our address the client sends to
+    reply_from: tuple[int, bytes] = (0, b"")   # server: our address the client sends to
     endpoint_generation: int = 0               # client: MPTCP endpoint id rotation
     peer_tx: int = 0                           # the other side's counters for this path
     peer_rx: int = 0
@@ -89,10 +89,6 @@ class Path:
     @property
     def usable(self) -> bool:
         return self.health.usable
-
-    @property
-    def state(self) -> str:
-        return self.health.state.value
 
 
 def _pktinfo(local: tuple[int, bytes]) -> list:
@@ -292,7 +288,7 @@ class Daemon:
     # -- control packets ---------------------------------------------------------
 
     def _send(self, p: Path, kind: str, **fields) -> None:
-        c = self.dp.counters()["path"][p.index]
+        c = self.dp.path_counters(p.index)
         pkt = wire.build_control(p.index, self.session, kind=kind, weight=p.weight,
                                  priority=p.priority, sent_ns=time.monotonic_ns(),
                                  tx_packets=c["tx_packets"], rx_packets=c["rx_packets"],
@@ -302,7 +298,7 @@ class Daemon:
             return
         try:
             if self.server:
-                sock.sendmsg([pkt], _pktinfo(p.local), 0, p.reply_to)
+                sock.sendmsg([pkt], _pktinfo(p.reply_from), 0, p.reply_to)
             else:
                 sock.sendto(pkt, p.peer)
         except OSError as e:
@@ -371,9 +367,9 @@ class Daemon:
             log.info("path %s (%d) learned from %s:%d", msg.name, idx, *src)
         elif p.peer is not None and p.peer != src:
             log.info("path %s moved %s:%d -> %s:%d", p.name, *p.peer, *src)
-        if p.peer != src or p.local != local:   # new path, or the client moved (DHCP, NAT)
+        if p.peer != src or p.reply_from != local:   # new path, or the client moved (DHCP, NAT)
             self.dp.set_peer(idx, self.listen_sock.fileno(), raw_addr, local)
-            p.local = local
+            p.reply_from = local
         p.name, p.weight, p.priority, p.peer = msg.name, msg.weight, msg.priority, src
         p.reply_to = reply_to
         p.heard, p.interval = now, max(0.01, msg.interval_ms / 1000)

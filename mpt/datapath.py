@@ -108,3 +108,8 @@ class Datapath:
         out["path"] = [{k: getattr(c.path[i], k) for k in PATH_COUNTERS}
                        for i in range(MAX_PATHS)]
         return out
+
+    def path_counters(self, idx: int) -> dict:
+        """One path's counters (a probe carries them) without the rest."""
+        lib.mpt_dp_copy_counters(self._dp, self._snap)
+        return {k: getattr(self._snap.path[idx], k) for k in PATH_COUNTERS}

@@ -165,17 +165,19 @@ class PathHealth:
     def on_link(self, now: float, ok: bool) -> State | None:
         """Netlink: carrier and address present (ok) or gone."""
         self.link_ok = ok
-        if not ok:
-            return self._enter(State.DOWN, now)
-        if self.state is State.DOWN and self.admin_up:
-            return self._enter(State.PROBING, now)
-        return None
+        return self._gate(now)
 
     def on_admin(self, now: float, up: bool) -> State | None:
+        """mptctl path NAME up|down."""
         self.admin_up = up
-        if not up:
+        return self._gate(now)
+
+    def _gate(self, now: float) -> State | None:
+        """Down while the link is gone or the path is down by hand; probing
+        again once both allow it."""
+        if not (self.link_ok and self.admin_up):
             return self._enter(State.DOWN, now)
-        if self.state is State.DOWN and self.link_ok:
+        if self.state is State.DOWN:
             return self._enter(State.PROBING, now)
         return None
 

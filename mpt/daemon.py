@@ -272,6 +272,12 @@ class Daemon:
         """Scheduled to carry data (both sides compute the same table)."""
         return any(e.index == index and e.active for e in self.table)
 
+    def _share(self, p: Path) -> float:
+        """p's weight over the other scheduled paths' weight (both sides
+        know the weights: the client announces them)."""
+        others = sum(e.weight for e in self.table if e.active and e.index != p.index)
+        return p.weight / others if others > 0 else 0.0
+
     def _usable_mask(self) -> int:
         return sum(1 << p.index for p in self.paths.values() if p.usable)
 
@@ -451,6 +457,7 @@ class Daemon:
                 raise RuntimeError(f"datapath stopped: {os.strerror(self.dp.failed())}")
             now = time.monotonic()
             counters = self.dp.counters()["path"]
+            total = sum(counters[p.index]["rx_packets"] for p in self.paths.values())
             for p in list(self.paths.values()):
                 c = counters[p.index]
                 if c["tx_packets"] != p.last_tx:
@@ -459,12 +466,10 @@ class Daemon:
                     p.last_rx = c["rx_packets"]
                     p.health.on_data(now)
                     p.heard = now
-                p.stall.update(now, c["rx_packets"])
+                p.stall.update(now, p.last_rx, total)
             for p in list(self.paths.values()):
-                others = [q.stall.last_arrival for q in self.paths.values()
-                          if q is not p and q.stall.last_arrival is not None]
                 # a path the peer schedules no data on (a standby backup) may go quiet
-                if self._active(p.index) and p.stall.stalled(now, max(others, default=None)):
+                if self._active(p.index) and p.stall.stalled(now, total, self._share(p)):
                     self._on_stall_detected(p, now)
                 if self.server:
                     self._server_tick(p, now)

@@ -214,19 +214,22 @@ class StallDetector:
     still arrives on others, long before probes time out, so the sender can
     take the path out within tens of milliseconds (silent failure).
 
-    Fed with the path's cumulative received-packet counter at each check."""
+    Fed at each check with the path's cumulative received-packet counter and
+    the total over all paths."""
 
     min_stall: float = 0.02       # never report a gap shorter than this
     factor: float = 8.0           # ... or than this many mean inter-arrivals
+    missed: float = 4.0           # ... or before the path missed this many packets
     count: int | None = None
     last_arrival: float | None = None
+    total_at_arrival: int = 0         # all paths' packets at the last arrival here
     gap_mean: float | None = None     # EWMA of the time per packet
     reported: bool = False
     fresh: bool = True                # no arrival yet to measure a gap from
 
-    def update(self, now: float, count: int) -> None:
+    def update(self, now: float, count: int, total: int) -> None:
         if self.count is None or count < self.count:
-            self.count, self.fresh = count, True
+            self.count, self.fresh, self.total_at_arrival = count, True, total
             return
         n = count - self.count
         if n > 0:
@@ -234,6 +237,7 @@ class StallDetector:
                 per = (now - self.last_arrival) / n
                 self.gap_mean = per if self.gap_mean is None else 0.8 * self.gap_mean + 0.2 * per
             self.count, self.last_arrival, self.fresh = count, now, False
+            self.total_at_arrival = total
             self.reported = False
 
     def restart(self, now: float) -> None:
@@ -241,16 +245,18 @@ class StallDetector:
         from now on, at the rate it will have from now on."""
         self.gap_mean, self.reported, self.fresh = None, False, True
 
-    def stalled(self, now: float, others_last_arrival: float | None) -> bool:
-        """True once per stall: a flowing path went quiet, and another path
-        kept delivering for longer than the stall limit after it.  (When the
-        traffic simply ends, every path goes quiet at about the same time.)"""
+    def stalled(self, now: float, total: int, share: float) -> bool:
+        """True once per stall: a flowing path went quiet for longer than the
+        stall limit while the other paths kept delivering, so many packets
+        that this one should have had `missed` of them by now.  `share`: its
+        weight over the other scheduled paths' weight.  (Traffic that simply
+        ends, or a sparse flow whose next lone packet went elsewhere, gives
+        the others too few packets to count.)"""
         if self.reported or self.gap_mean is None or self.last_arrival is None:
             return False
-        limit = max(self.min_stall, self.factor * self.gap_mean)
-        if now - self.last_arrival <= limit or others_last_arrival is None:
+        if now - self.last_arrival <= max(self.min_stall, self.factor * self.gap_mean):
             return False
-        if others_last_arrival - self.last_arrival > limit:
+        if (total - self.total_at_arrival) * share >= self.missed:
             self.reported = True
             return True
         return False

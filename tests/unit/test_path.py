@@ -155,42 +155,67 @@ def test_loss_estimator_windows_and_restart():
     assert est.loss == pytest.approx(0.05)
 
 
+def feed(d, times, first_count=0, per_step=1, others_per_step=1):
+    """Arrivals on the watched path at `times`; the other paths deliver
+    `others_per_step` packets per arrival too.  Returns (count, total)."""
+    count, total = first_count, 0
+    for t in times:
+        count += per_step
+        total += per_step + others_per_step
+        d.update(t, count, total)
+    return count, total
+
+
 def test_stall_detector_reports_once_when_others_deliver():
     d = StallDetector()
-    for i in range(100):
-        d.update(i * 0.001, i * 2)                     # 2 packets per ms, last at 0.099
-    assert not d.stalled(0.099 + 0.015, others_last_arrival=0.099 + 0.015)
-    assert d.stalled(0.099 + 0.022, others_last_arrival=0.099 + 0.021)
-    assert not d.stalled(0.2, others_last_arrival=0.2)  # once
-    d.update(0.3, 300)
+    count, total = feed(d, [i * 0.001 for i in range(100)], per_step=2, others_per_step=2)
+    # the path stops at 0.099; the other one keeps its 2 packets per ms
+    assert not d.stalled(0.099 + 0.015, total + 30, share=1.0)   # too soon
+    assert d.stalled(0.099 + 0.022, total + 44, share=1.0)
+    assert not d.stalled(0.2, total + 200, share=1.0)             # once
+    d.update(0.3, count + 1, total + 201)
     assert not d.reported
-
-
-def test_stall_detector_restarted_path_is_judged_by_new_arrivals_only():
-    d = StallDetector()
-    for i in range(100):
-        d.update(i * 0.001, i)                         # then the path left the schedule
-    d.restart(5.0)                                     # back in it at 5 s
-    assert not d.stalled(5.05, others_last_arrival=5.05)   # nothing new yet: no verdict
-    assert d.last_arrival == 0.099                     # only real arrivals count
-    for i in range(1, 50):
-        d.update(5.0 + i * 0.001, 100 + i)
-    assert d.gap_mean == pytest.approx(0.001)          # the old pause is not a gap
-    assert d.stalled(5.049 + 0.03, others_last_arrival=5.049 + 0.03)
 
 
 def test_stall_detector_quiet_when_everything_stops():
     d = StallDetector()
-    for i in range(100):
-        d.update(i * 0.001, i)
-    # the other path stopped a few ms later: the traffic ended, no stall
-    assert not d.stalled(1.0, others_last_arrival=0.099 + 0.005)
-    assert not d.stalled(1.0, others_last_arrival=None)
+    count, total = feed(d, [i * 0.001 for i in range(100)])
+    # the other path brought 2 more packets, then the traffic ended: no stall
+    assert not d.stalled(1.0, total + 2, share=1.0)
+    assert not d.stalled(1.0, total, share=1.0)
+
+
+def test_stall_detector_ignores_a_sparse_flow_after_a_burst():
+    """A burst, then one packet a second (rate-limited ICMP errors, say): the
+    next lone packet going to the other path is no stall."""
+    d = StallDetector()
+    count, total = feed(d, [0.0, 0.0003, 0.0006])
+    assert not d.stalled(1.0, total + 1, share=1.0)
+    assert not d.stalled(3.0, total + 3, share=1.0)
+    assert d.stalled(4.0, total + 4, share=1.0)      # 4 missed: it is one
+
+
+def test_stall_detector_scales_with_weights():
+    d = StallDetector()
+    count, total = feed(d, [i * 0.001 for i in range(100)], others_per_step=3)
+    # weights 1:3: four packets elsewhere are only one missed here
+    assert not d.stalled(0.2, total + 4, share=1 / 3)
+    assert d.stalled(0.2, total + 12, share=1 / 3)
+
+
+def test_stall_detector_restarted_path_is_judged_by_new_arrivals_only():
+    d = StallDetector()
+    count, total = feed(d, [i * 0.001 for i in range(100)])   # then it left the schedule
+    d.restart(5.0)                                     # back in it at 5 s
+    assert not d.stalled(5.05, total + 100, share=1.0)  # nothing new yet: no verdict
+    assert d.last_arrival == 0.099                     # only real arrivals count
+    count, total = feed(d, [5.0 + i * 0.001 for i in range(1, 50)], first_count=count)
+    assert d.gap_mean == pytest.approx(0.001)          # the old pause is not a gap
+    assert d.stalled(5.049 + 0.03, total + 30, share=1.0)
 
 
 def test_stall_detector_scales_with_slow_flows():
     d = StallDetector()
-    for i in range(20):
-        d.update(i * 0.1, i)                           # 10 packets per second
-    assert not d.stalled(1.9 + 0.5, others_last_arrival=1.9 + 0.5)
-    assert d.stalled(1.9 + 0.81, others_last_arrival=1.9 + 0.81)
+    count, total = feed(d, [i * 0.1 for i in range(20)])   # 10 packets per second
+    assert not d.stalled(1.9 + 0.5, total + 5, share=1.0)  # 8 gaps = 0.8 s not over
+    assert d.stalled(1.9 + 0.81, total + 8, share=1.0)

@@ -1,0 +1,331 @@
+"""Session handshake: fresh keys for every session, authenticated by the
+pre-shared key (sans-I/O; the daemon moves the bytes).
+
+Two messages, carried as HANDSHAKE packets in cleartext:
+
+    init      client -> server   magic "MPTH" · version · kind 1 · sender index ·
+                                 cipher · nonce (16) · ephemeral X25519 key (32) · mac (16)
+    response  server -> client   magic "MPTH" · version · kind 2 · sender index ·
+                                 the initiator's index · cipher · nonce · ephemeral · mac
+
+From each pre-shared key (PSK) HKDF derives a MAC key and a KDF salt.
+init.mac = HMAC-SHA256(mac key, init without its mac)[:16];
+response.mac = HMAC-SHA256(mac key, SHA-256(init) · response without its mac)[:16],
+so a response answers exactly one init.  Session keys = HKDF-SHA256(the X25519
+result, salt = the PSK-derived salt, info = label · SHA-256(init · response)),
+128 bytes cut into data c->s, data s->c, control c->s, control s->c.
+
+What it guarantees:
+* Authentication: only a holder of the PSK can produce either message; the
+  server learns which peer is talking by trying each configured key.
+* Forward secrecy: the keys come from ephemeral X25519 keys that are thrown
+  away (the initiator's once the response is accepted, the responder's at
+  once), so a PSK stolen later does not open recorded sessions.  The keys
+  also depend on the PSK: breaking X25519 alone is not enough either.
+* No nonce reuse: every session has keys of its own, so the AEAD sequence
+  numbers may restart at 0 in each session (and after a restart of the daemon).
+* Key confirmation: a replayed init is answered (after its nonce has left the
+  replay cache) but can never complete, since the replayer lacks the client's
+  ephemeral private key.  So the responder's session stays *pending* until a
+  packet authenticated under its receive keys arrives (Responder.pending /
+  Responder.confirm); only then does the daemon switch.  A fresh init from a
+  peer adds a pending session rather than dropping the older ones, so an old
+  captured init replayed during a rekey cannot knock out the real attempt;
+  confirming one drops the peer's other pending sessions.
+
+Not bound: the packet header.  The initiator resends the same init (every
+HANDSHAKE_RETRY_S) on whichever path works, under headers that differ, and
+the answer must not depend on that.  Nothing trusted is taken from a
+handshake packet's header: the indexes and the cipher travel in the MAC'd
+body, and the addresses of the paths are learnt only from packets
+authenticated under the new keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from construct import Bytes, Const, ConstructError, Int8ub, Int16ub, Struct
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+CIPHER_NONE, CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305 = 0, 1, 2
+CIPHER_NAMES = {0: "none", 1: "aes-256-gcm", 2: "chacha20-poly1305"}
+
+REKEY_AFTER_S = 120.0            # the initiator starts a new handshake this often
+REKEY_AFTER_PACKETS = 1 << 30    # ... or after this many packets under one key
+HANDSHAKE_RETRY_S = 0.25         # the initiator resends an unanswered init this often
+
+REPLAY_CACHE = 4096              # init nonces the responder remembers
+PENDING_PER_PEER = 4             # answered, unconfirmed sessions kept per peer
+
+MAGIC = b"MPTH"
+VERSION = 1
+KIND_INIT, KIND_RESPONSE = 1, 2
+MAC_LEN = 16
+KEY_LEN = 32
+
+_PSK_INFO = b"mpt handshake v1 psk"
+_SESSION_INFO = b"mpt handshake v1 session"
+
+# The message without its trailing mac (which is what the mac covers).
+_INIT = Struct(
+    "magic" / Const(MAGIC),
+    "version" / Const(VERSION, Int8ub),
+    "kind" / Const(KIND_INIT, Int8ub),
+    "sender" / Int16ub,
+    "cipher" / Int8ub,
+    "nonce" / Bytes(16),
+    "ephemeral" / Bytes(32),
+)
+_RESPONSE = Struct(
+    "magic" / Const(MAGIC),
+    "version" / Const(VERSION, Int8ub),
+    "kind" / Const(KIND_RESPONSE, Int8ub),
+    "sender" / Int16ub,
+    "receiver" / Int16ub,     # the initiator's index, echoed
+    "cipher" / Int8ub,
+    "nonce" / Bytes(16),
+    "ephemeral" / Bytes(32),
+)
+INIT_LEN = _INIT.sizeof() + MAC_LEN
+RESPONSE_LEN = _RESPONSE.sizeof() + MAC_LEN
+
+
+class HandshakeError(ValueError):
+    """A handshake message that cannot be accepted; one line, no secrets."""
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    peer: str              # responder: the peer whose key verified; initiator: "server"
+    cipher: int
+    local_index: int       # our index: the peer puts it in the header of what it sends us
+    remote_index: int      # the peer's index: we put it in the header of what we send
+    tx_data: bytes = field(repr=False)
+    rx_data: bytes = field(repr=False)
+    tx_ctrl: bytes = field(repr=False)
+    rx_ctrl: bytes = field(repr=False)
+
+
+def message_kind(body: bytes) -> str:
+    """The kind of a handshake body, "init" or "response", from its magic,
+    version, kind and length (nothing is verified); HandshakeError if neither."""
+    head = bytes(body[:len(MAGIC) + 2])
+    if head == MAGIC + bytes([VERSION, KIND_INIT]) and len(body) == INIT_LEN:
+        return "init"
+    if head == MAGIC + bytes([VERSION, KIND_RESPONSE]) and len(body) == RESPONSE_LEN:
+        return "response"
+    raise HandshakeError(f"not an mpt handshake message ({len(body)} bytes)")
+
+
+def _parse(layout: Struct, body: bytes, what: str):
+    """(fields, signed part, mac) of a message of the given layout."""
+    body = bytes(body)
+    if len(body) != layout.sizeof() + MAC_LEN:
+        raise HandshakeError(f"handshake {what}: wrong length ({len(body)} bytes)")
+    try:
+        msg = layout.parse(body[:-MAC_LEN])
+    except ConstructError:
+        raise HandshakeError(f"handshake {what}: not an mpt handshake {what}") from None
+    if msg.sender == 0:
+        raise HandshakeError(f"handshake {what}: session index 0")
+    return msg, body[:-MAC_LEN], body[-MAC_LEN:]
+
+
+def _mac(key: bytes, *parts: bytes) -> bytes:
+    return hmac.new(key, b"".join(parts), hashlib.sha256).digest()[:MAC_LEN]
+
+
+def _psk_keys(psk: bytes) -> tuple[bytes, bytes]:
+    """(MAC key, KDF salt) from a pre-shared key."""
+    if len(psk) != KEY_LEN:
+        raise ValueError(f"pre-shared key must be {KEY_LEN} bytes")
+    okm = HKDF(hashes.SHA256(), 2 * KEY_LEN, salt=None, info=_PSK_INFO).derive(psk)
+    return okm[:KEY_LEN], okm[KEY_LEN:]
+
+
+def _dh(private: X25519PrivateKey, public: bytes) -> bytes:
+    try:
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:   # a low-order point: the result would be all zeros
+        raise HandshakeError("handshake: unusable ephemeral key") from None
+
+
+def _session(dh: bytes, salt: bytes, init: bytes, response: bytes) -> list[bytes]:
+    """[data c->s, data s->c, control c->s, control s->c]."""
+    transcript = hashlib.sha256(init + response).digest()
+    okm = HKDF(hashes.SHA256(), 4 * KEY_LEN, salt=salt,
+               info=_SESSION_INFO + transcript).derive(dh)
+    return [okm[i:i + KEY_LEN] for i in range(0, 4 * KEY_LEN, KEY_LEN)]
+
+
+def _check_index(index: int) -> int:
+    if not 0 < index <= 0xFFFF:
+        raise ValueError(f"session index must be 1..65535, not {index}")
+    return index
+
+
+def _check_cipher(cipher: int) -> int:
+    if cipher not in CIPHER_NAMES:
+        raise ValueError(f"unknown cipher {cipher}")
+    return cipher
+
+
+def _cipher_name(cipher: int) -> str:
+    return CIPHER_NAMES.get(cipher, f"unknown cipher {cipher}")
+
+
+def _cipher_mismatch(ours: int, theirs: int) -> HandshakeError:
+    return HandshakeError(f"cipher mismatch: this side is configured for {_cipher_name(ours)}, "
+                          f"the peer for {_cipher_name(theirs)}")
+
+
+class CipherMismatch(HandshakeError):
+    """The init is genuine but asks for another cipher.  `response` is an
+    authenticated response carrying our cipher (and no usable key): send it so
+    the initiator reports the mismatch too instead of timing out."""
+
+    def __init__(self, error: HandshakeError, response: bytes):
+        super().__init__(str(error))
+        self.response = response
+
+
+class Initiator:
+    """The client's side of one handshake attempt."""
+
+    def __init__(self, psk: bytes, local_index: int, cipher: int):
+        self._mac_key, self._salt = _psk_keys(psk)
+        self.local_index = _check_index(local_index)
+        self.cipher = _check_cipher(cipher)
+        self.restart()
+
+    def restart(self, local_index: int | None = None) -> None:
+        """A new attempt (or a rekey): new ephemeral key and nonce, optionally
+        a new index.  The previous init can no longer complete."""
+        if local_index is not None:
+            self.local_index = _check_index(local_index)
+        self._ephemeral: X25519PrivateKey | None = X25519PrivateKey.generate()
+        signed = _INIT.build(dict(sender=self.local_index, cipher=self.cipher,
+                                  nonce=os.urandom(16),
+                                  ephemeral=self._ephemeral.public_key().public_bytes_raw()))
+        self._init = signed + _mac(self._mac_key, signed)
+        self._done: tuple[bytes, SessionKeys] | None = None
+
+    def init_message(self) -> bytes:
+        """The init body: the same bytes until restart(), so resending it is safe."""
+        return self._init
+
+    def receive_response(self, body: bytes) -> SessionKeys:
+        """The keys, once the response to our current init verifies.  A
+        duplicate of the accepted response gives the same keys again."""
+        body = bytes(body)
+        if self._done is not None:
+            if hmac.compare_digest(body, self._done[0]):
+                return self._done[1]
+            raise HandshakeError("handshake response: this handshake is already complete")
+        msg, signed, mac = _parse(_RESPONSE, body, "response")
+        init_hash = hashlib.sha256(self._init).digest()
+        if not hmac.compare_digest(mac, _mac(self._mac_key, init_hash, signed)):
+            raise HandshakeError("handshake response does not verify with the tunnel key "
+                                 "(or does not answer our current init)")
+        if msg.receiver != self.local_index:
+            raise HandshakeError("handshake response: echoes another session index")
+        if msg.cipher != self.cipher:
+            raise _cipher_mismatch(self.cipher, msg.cipher)
+        keys = _session(_dh(self._ephemeral, msg.ephemeral), self._salt, self._init, body)
+        result = SessionKeys("server", self.cipher, self.local_index, msg.sender,
+                             tx_data=keys[0], rx_data=keys[1], tx_ctrl=keys[2], rx_ctrl=keys[3])
+        self._ephemeral = None     # forward secrecy: nothing left to recompute the keys
+        self._done = (body, result)
+        return result
+
+
+@dataclass
+class _Pending:
+    init: bytes
+    response: bytes
+    keys: SessionKeys
+
+
+class Responder:
+    """The server's side: answers inits from any configured peer and keeps
+    the answered sessions pending until the daemon confirms one."""
+
+    def __init__(self, peers: dict[str, bytes], cipher: int):
+        self.cipher = _check_cipher(cipher)
+        self._peers = {name: _psk_keys(psk) for name, psk in peers.items()}
+        if len({mac_key for mac_key, _ in self._peers.values()}) != len(self._peers):
+            raise ValueError("two peers share a pre-shared key: they could not be told apart")
+        self._seen: OrderedDict[bytes, None] = OrderedDict()   # init nonces, oldest first
+        self._pending: dict[int, _Pending] = {}                # by local index, oldest first
+
+    def receive_init(self, body: bytes, local_index: int) -> tuple[bytes, SessionKeys]:
+        """(response body, pending keys).  A resent init gets the very same
+        answer (its keys.local_index is then the one chosen the first time,
+        not this local_index).  A repeat of an init no longer pending, a
+        wrong key, or anything malformed raises HandshakeError;
+        CipherMismatch carries a response worth sending."""
+        _check_index(local_index)
+        msg, signed, mac = _parse(_INIT, body, "init")
+        body = bytes(body)
+        peer = next((name for name, (mac_key, _) in self._peers.items()
+                     if hmac.compare_digest(mac, _mac(mac_key, signed))), None)
+        if peer is None:
+            raise HandshakeError("handshake init: no configured peer key verifies it")
+        mac_key, salt = self._peers[peer]
+        for p in self._pending.values():
+            if p.init == body:
+                return p.response, p.keys
+        if msg.nonce in self._seen:
+            raise HandshakeError(f"handshake init from {peer}: replayed")
+        if msg.cipher != self.cipher:
+            raise CipherMismatch(_cipher_mismatch(self.cipher, msg.cipher),
+                                 self._response(mac_key, body, msg.sender, local_index,
+                                                bytes(32)))
+        if local_index in self._pending:
+            raise ValueError(f"session index {local_index} is already pending")
+        self._remember(msg.nonce)
+        ephemeral = X25519PrivateKey.generate()
+        response = self._response(mac_key, body, msg.sender, local_index,
+                                  ephemeral.public_key().public_bytes_raw())
+        keys = _session(_dh(ephemeral, msg.ephemeral), salt, body, response)
+        result = SessionKeys(peer, self.cipher, local_index, msg.sender,
+                             tx_data=keys[1], rx_data=keys[0], tx_ctrl=keys[3], rx_ctrl=keys[2])
+        mine = [i for i, p in self._pending.items() if p.keys.peer == peer]
+        for index in mine[:max(0, len(mine) + 1 - PENDING_PER_PEER)]:
+            del self._pending[index]
+        self._pending[local_index] = _Pending(body, response, result)
+        return response, result
+
+    def _response(self, mac_key: bytes, init: bytes, receiver: int, local_index: int,
+                  ephemeral: bytes) -> bytes:
+        signed = _RESPONSE.build(dict(sender=local_index, receiver=receiver,
+                                      cipher=self.cipher, nonce=os.urandom(16),
+                                      ephemeral=ephemeral))
+        return signed + _mac(mac_key, hashlib.sha256(init).digest(), signed)
+
+    def _remember(self, nonce: bytes) -> None:
+        self._seen[nonce] = None
+        while len(self._seen) > REPLAY_CACHE:
+            self._seen.popitem(last=False)
+
+    def pending(self, local_index: int) -> SessionKeys | None:
+        """The keys of an answered session not yet confirmed, by our index
+        (the one in the header of the peer's packets)."""
+        p = self._pending.get(local_index)
+        return p.keys if p else None
+
+    def confirm(self, local_index: int) -> SessionKeys:
+        """A packet authenticated under this pending session's receive keys
+        arrived: the peer holds the keys.  Returns them and forgets this
+        peer's other pending sessions (their attempts are over).  KeyError if
+        no session with that index is pending."""
+        keys = self._pending.pop(local_index).keys
+        for index in [i for i, p in self._pending.items() if p.keys.peer == keys.peer]:
+            del self._pending[index]
+        return keys

@@ -7,7 +7,9 @@ file, line, section and key it is about, in exactly one line:
 
 Parsing happens in two passes: the first splits the text into sections and
 key/value pairs (syntax errors, unknown/duplicate sections and keys); the second
-checks each value and the rules that tie keys together (roles, peers, families).
+checks each value and the rules that tie keys together (roles, peers, families)
+and reads the key files the config names (mpt.keyfile), so that an unusable
+one is reported on its line like any other mistake.
 See docs/CONFIG.md for the file format.
 """
 
@@ -17,17 +19,31 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
+
+from . import keyfile
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ROLES = ("client", "server")
-SCHEDULERS = ("weighted",)
+SCHEDULERS = ("weighted", "auto")
+# The config keeps the name; mpt.cipher turns "auto" into the CPU's best choice.
+CIPHERS = ("auto", "aes-256-gcm", "chacha20-poly1305", "none")
+DEFAULT_CIPHER = "auto"
 MAX_PATHS = 16
 MAX_WEIGHT = 1000.0
 MTU_MIN, MTU_MAX = 576, 1900
 HOLD_TIME_RANGE = (0.001, 2.0)  # seconds
+MAX_HOLD_RANGE = HOLD_TIME_RANGE
+DEFAULT_MAX_HOLD = 0.2  # or hold_time, if that is larger
+REKEY_INTERVAL_RANGE = (10.0, 3600.0)  # seconds
+DEFAULT_REKEY_INTERVAL = 120.0
+# A path's rate cap, bits/s, tc's units (k = 1000). At 64kbit one full-size
+# packet already takes 190ms to pace out; less is no use to a tunnel.
+RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
+RATE_RANGE = (64e3, 100e9)
 PROBE_INTERVAL_RANGE = (0.01, 10.0)  # seconds; also idle_probe_interval
 DEFAULT_PROBE_INTERVAL = 0.1
 DEFAULT_IDLE_PROBE_INTERVAL = 0.3  # or probe_interval, if that is larger
@@ -41,6 +57,10 @@ TABLE_RANGE = (1, 2**31 - 1)
 RESERVED_TABLES = {253: "default", 254: "main", 255: "local"}
 DEFAULT_TABLE_BASE = 1000  # a path without `table` gets 1000 + its index (from 0)
 DEFAULT_NAME = "mpt0"
+# A server without [peer] sections serves one peer by this name, with the
+# [tunnel] key and every address.
+IMPLICIT_PEER = "default"
+IMPLICIT_ALLOWED = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 DEFAULT_TCP_PORT = 4701
 # Spellings of a boolean: the first of each pair is the canonical one.
 BOOLEANS = {"on": True, "off": False, "yes": True, "no": False,
@@ -49,17 +69,19 @@ BOOLEANS = {"on": True, "off": False, "yes": True, "no": False,
 TUNNEL_KEYS = (
     "name", "address", "role", "peer", "listen", "mtu", "scheduler",
     "control", "routes", "hold_time", "probe_interval", "idle_probe_interval",
-    "dead_after", "hold_down", "key",
+    "dead_after", "hold_down", "key", "cipher", "rekey_interval", "max_hold",
 )
-PATH_KEYS = ("interface", "local", "peer", "weight", "priority", "gateway", "table")
+PATH_KEYS = ("interface", "local", "peer", "weight", "priority", "gateway", "table", "rate")
 TCP_KEYS = ("proxy", "port", "intercept", "exclude", "encrypt")
+PEER_KEYS = ("key", "allowed")
 
-_PATH_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_SECTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # NAME of [path NAME], [peer NAME]
 _KEY = re.compile(r"[A-Za-z0-9_.-]+")
 # An inline comment needs whitespace before it, so values like "a#b" survive.
 _INLINE_COMMENT = re.compile(r"\s[;#]")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?", re.ASCII)
 _DECIMAL = re.compile(r"[+-]?(\d+(?:\.\d*)?|\.\d+)", re.ASCII)
+_RATE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z/]*)", re.ASCII)
 
 
 class ConfigError(ValueError):
@@ -93,7 +115,19 @@ class PathConfig:
     priority: int  # lower is preferred; higher numbers are backups
     gateway: IPAddress | None  # next hop in the path's own routing table
     table: int | None  # path's routing table; None: the daemon picks 1000 + index
+    rate_bps: float  # cap on what is sent on this path, bits/s; 0: no cap
     line: int  # line of the [path NAME] header, for later diagnostics
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """A client router the server serves: a [peer NAME] section, or the
+    implicit one (IMPLICIT_PEER) of a server without any."""
+
+    name: str
+    key: bytes | None = field(repr=False)  # keyfile.KEY_BYTES; None only with cipher = none
+    allowed: tuple[IPNetwork, ...]  # inner addresses it may use, and that route to it
+    line: int  # its [peer NAME] header; the [tunnel] header for the implicit peer
 
 
 @dataclass(frozen=True)
@@ -123,12 +157,19 @@ class TunnelConfig:
     control: str
     routes: tuple[IPNetwork, ...]
     hold_time: float | None  # seconds; None: derived at runtime
+    max_hold: float  # seconds: bound of the derived hold time (>= hold_time)
     probe_interval: float  # seconds, on a path in use or being brought up
     idle_probe_interval: float  # seconds, on an idle path; >= probe_interval
     dead_after: int  # probe intervals of silence before a path leaves the schedule
     hold_down: float  # seconds before a path that left may be re-admitted
+    cipher: str  # one of CIPHERS; "auto" is resolved by mpt.cipher
+    rekey_interval: float  # seconds between session rekeys
     paths: tuple[PathConfig, ...]
-    key: str | None = None  # absolute path of the pre-shared key file (mpt.keyfile)
+    # Server: the peers it serves, never empty (IMPLICIT_PEER without [peer]
+    # sections); client: empty.
+    peers: tuple[PeerConfig, ...]
+    key: str | None = None  # absolute path of the [tunnel] key file (mpt.keyfile)
+    key_bytes: bytes | None = field(default=None, repr=False)  # that file's key, loaded
     tcp: TcpConfig = field(default_factory=TcpConfig)  # defaults without [tcp]
 
 
@@ -260,7 +301,10 @@ def _duration_in(lo: float, hi: float):
     def check(text: str) -> float:
         value = parse_duration(text)
         if not lo <= value <= hi:
-            raise ValueError(f"must be between {_fmt_s(lo)} and {_fmt_s(hi)}, got {text!r}")
+            hint = ("" if value == 0 or any(c.isalpha() for c in text)
+                    else " (a number without unit is milliseconds)")
+            raise ValueError(f"must be between {_fmt_s(lo)} and {_fmt_s(hi)}, "
+                             f"got {text!r}{hint}")
         return value
     return check
 
@@ -269,6 +313,44 @@ def _fmt_s(seconds: float) -> str:
     if seconds == 0:
         return "0"
     return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
+
+
+def parse_rate(text: str) -> float:
+    """Parse a rate like tc does ("20mbit", "1.5Gbit"; k = 1000) into bits/s.
+
+    "0" means no cap. tc's "bps" units mean bytes/s while many people read
+    "Mbps" as bits/s, so those are refused rather than guessed.
+    """
+    m = _RATE.fullmatch(text.strip().lower())
+    if not m:
+        raise ValueError(f"expected a rate like 20mbit or 1.5gbit, got {text!r}")
+    number, unit = Decimal(m.group(1)), m.group(2)
+    if number == 0 and (not unit or unit in RATE_UNITS):
+        return 0.0
+    units = ", ".join(RATE_UNITS)
+    if not unit:
+        raise ValueError(f"needs a unit ({units}), e.g. 20mbit; got {text!r}")
+    if unit.endswith("bps"):
+        raise ValueError(f"ambiguous unit in {text!r} (tc reads bps as bytes/s): "
+                         f"write bits/s as {units}, e.g. 20mbit")
+    unit = unit.removesuffix("/s")  # "mbit/s" is as clear as "mbit"
+    if unit not in RATE_UNITS:
+        raise ValueError(f"unknown unit in {text!r} (expected {units}, e.g. 20mbit)")
+    return float(number * RATE_UNITS[unit])
+
+
+def _rate(text: str) -> float:
+    value = parse_rate(text)
+    lo, hi = RATE_RANGE
+    if value and not lo <= value <= hi:
+        raise ValueError(f"must be 0 (no cap) or between 64kbit and 100gbit, got {text!r}")
+    return value
+
+
+def _key_file(text: str) -> tuple[str, bytes]:
+    # KeyFileError is a ValueError, one line, and never shows key material.
+    path = _abspath(text)
+    return path, keyfile.load_key(path)
 
 
 def _int_in(lo: int, hi: int):
@@ -309,8 +391,9 @@ def _weight(text: str) -> float:
 
 @dataclass
 class _Section:
-    title: str  # "tunnel", "tcp" or "path NAME", as shown in messages
+    title: str  # "tunnel", "tcp", "path NAME" or "peer NAME", as shown in messages
     line: int
+    keys: tuple[str, ...]  # the keys this kind of section allows
     values: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (value, line)
 
 
@@ -320,6 +403,7 @@ class _Parser:
         self.tunnel: _Section | None = None
         self.tcp: _Section | None = None
         self.paths: dict[str, _Section] = {}
+        self.peers: dict[str, _Section] = {}
         self._scan(text)
 
     def error(self, line: int | None, section: _Section | None, key: str | None,
@@ -351,16 +435,10 @@ class _Parser:
             if section is None:
                 raise self.error(lineno, None, key,
                                  "key outside any section "
-                                 "(put it under [tunnel], [tcp] or [path NAME])")
-            if section is self.tunnel:
-                allowed = TUNNEL_KEYS
-            elif section is self.tcp:
-                allowed = TCP_KEYS
-            else:
-                allowed = PATH_KEYS
-            if key not in allowed:
+                                 "(put it under [tunnel], [tcp], [path NAME] or [peer NAME])")
+            if key not in section.keys:
                 raise self.error(lineno, section, key,
-                                 f"unknown key (allowed: {', '.join(allowed)})")
+                                 f"unknown key (allowed: {', '.join(section.keys)})")
             if key in section.values:
                 raise self.error(lineno, section, key,
                                  f"duplicate key (first at line {section.values[key][1]})")
@@ -376,28 +454,32 @@ class _Parser:
             if self.tunnel is not None:
                 raise self.error(lineno, self.tunnel, None,
                                  f"duplicate section (first at line {self.tunnel.line})")
-            self.tunnel = _Section("tunnel", lineno)
+            self.tunnel = _Section("tunnel", lineno, TUNNEL_KEYS)
             return self.tunnel
         if words == ["tcp"]:
             if self.tcp is not None:
                 raise self.error(lineno, self.tcp, None,
                                  f"duplicate section (first at line {self.tcp.line})")
-            self.tcp = _Section("tcp", lineno)
+            self.tcp = _Section("tcp", lineno, TCP_KEYS)
             return self.tcp
-        if words and words[0] == "path":
-            if len(words) != 2 or not _PATH_NAME.fullmatch(words[1]):
+        for kind, named, keys in (("path", self.paths, PATH_KEYS),
+                                  ("peer", self.peers, PEER_KEYS)):
+            if not words or words[0] != kind:
+                continue
+            if len(words) != 2 or not _SECTION_NAME.fullmatch(words[1]):
                 raise self.error(lineno, None, None,
-                                 f"bad path section {line!r}: expected [path NAME] with "
+                                 f"bad {kind} section {line!r}: expected [{kind} NAME] with "
                                  "NAME of 1..32 characters from A-Z a-z 0-9 _ . -")
             name = words[1]
-            if name in self.paths:
-                first = self.paths[name]
+            if name in named:
+                first = named[name]
                 raise self.error(lineno, first, None,
                                  f"duplicate section (first at line {first.line})")
-            self.paths[name] = _Section(f"path {name}", lineno)
-            return self.paths[name]
+            named[name] = _Section(f"{kind} {name}", lineno, keys)
+            return named[name]
         raise self.error(lineno, None, None,
-                         f"unknown section {line!r} (expected [tunnel], [tcp] or [path NAME])")
+                         f"unknown section {line!r} "
+                         "(expected [tunnel], [tcp], [path NAME] or [peer NAME])")
 
     # --- second pass: values and cross-key rules -------------------------------
 
@@ -432,6 +514,13 @@ class _Parser:
         control = self.get(t, "control", _abspath, f"/run/mpt/{name}.sock")
         routes = self.get(t, "routes", _routes, ())
         hold_time = self.get(t, "hold_time", _duration_in(*HOLD_TIME_RANGE))
+        # Unset, it follows a larger fixed hold_time rather than contradict it.
+        max_hold = self.get(t, "max_hold", _duration_in(*MAX_HOLD_RANGE),
+                            max(DEFAULT_MAX_HOLD, hold_time or 0))
+        if hold_time is not None and hold_time > max_hold:
+            raise self.error(self.line_of(t, "hold_time"), t, "hold_time",
+                             f"must be at most max_hold ({_fmt_s(max_hold)}), "
+                             f"got {t.values['hold_time'][0]!r}")
         probe_interval = self.get(t, "probe_interval", _duration_in(*PROBE_INTERVAL_RANGE),
                                   DEFAULT_PROBE_INTERVAL)
         # Unset, it follows a larger probe_interval rather than contradict it.
@@ -444,8 +533,11 @@ class _Parser:
                              f"got {t.values['idle_probe_interval'][0]!r}")
         dead_after = self.get(t, "dead_after", _int_in(*DEAD_AFTER_RANGE), DEFAULT_DEAD_AFTER)
         hold_down = self.get(t, "hold_down", _duration_in(*HOLD_DOWN_RANGE), DEFAULT_HOLD_DOWN)
-        # Only the path is checked here; the daemon reads the file (mpt.keyfile).
-        key = self.get(t, "key", _abspath)
+        cipher = self.get(t, "cipher", _choice(CIPHERS), DEFAULT_CIPHER)
+        rekey_interval = self.get(t, "rekey_interval", _duration_in(*REKEY_INTERVAL_RANGE),
+                                  DEFAULT_REKEY_INTERVAL)
+        # Read now, so that --check finds an unusable key file and names its line.
+        key, key_bytes = self.get(t, "key", _key_file, (None, None))
 
         if role == "server":
             if peer is not None:
@@ -459,23 +551,75 @@ class _Parser:
                                  "[path] sections are for role = client; "
                                  "the server learns paths from the client")
             paths: tuple[PathConfig, ...] = ()
+            if self.peers:
+                peers = self._peers(cipher)
+            else:
+                peers = (PeerConfig(IMPLICIT_PEER, key_bytes, IMPLICIT_ALLOWED, t.line),)
         else:
             if listen is not None:
                 raise self.error(self.line_of(t, "listen"), t, "listen",
                                  "listen is for role = server (a client uses peer)")
+            if self.peers:
+                first = next(iter(self.peers.values()))
+                raise self.error(first.line, first, None,
+                                 "[peer] sections are for role = server; "
+                                 "a client's one peer is peer = in [tunnel]")
             if not self.paths:
                 raise self.error(t.line, t, None,
                                  "a client needs at least one [path NAME] section")
             paths = self._paths(peer)
+            peers = ()
         tcp = self._tcp(role, key)
+        # Last, so that a mistake in a value is reported before the missing key.
+        if cipher != "none" and key is None and not self.peers:
+            raise self.error(t.line, t, "key",
+                             "missing required key: packets are authenticated and encrypted "
+                             "with it; make one with (umask 077; mptctl genkey > "
+                             "/etc/mpt/tunnel.key), the same file on both routers, "
+                             "or write cipher = none for an unprotected tunnel")
 
         return TunnelConfig(
             source=self.source, name=name, addresses=addresses, role=role,
             peer=peer, listen=listen, mtu=mtu, scheduler=scheduler, control=control,
-            routes=routes, hold_time=hold_time, probe_interval=probe_interval,
-            idle_probe_interval=idle_probe_interval, dead_after=dead_after,
-            hold_down=hold_down, paths=paths, key=key, tcp=tcp,
+            routes=routes, hold_time=hold_time, max_hold=max_hold,
+            probe_interval=probe_interval, idle_probe_interval=idle_probe_interval,
+            dead_after=dead_after, hold_down=hold_down, cipher=cipher,
+            rekey_interval=rekey_interval, paths=paths, peers=peers, key=key,
+            key_bytes=key_bytes, tcp=tcp,
         )
+
+    def _peers(self, cipher: str) -> tuple[PeerConfig, ...]:
+        peers: list[PeerConfig] = []
+        owner: dict[IPNetwork, tuple[str, int]] = {}  # prefix -> (peer, line of its allowed)
+        key_owner: dict[bytes, str] = {}
+        for name, s in self.peers.items():
+            key = self.get(s, "key", _key_file, (None, None))[1]
+            allowed = self.get(s, "allowed", _routes, required=True)
+            if key is None and cipher != "none":
+                raise self.error(s.line, s, "key",
+                                 "missing required key: this peer's packets are authenticated "
+                                 "and encrypted with it (a copy of its router's [tunnel] key), "
+                                 "or write cipher = none in [tunnel]")
+            if key is not None:
+                # The server tells peers apart by their keys; shared, one could
+                # pose as the other and use its addresses.
+                if key in key_owner:
+                    raise self.error(self.line_of(s, "key"), s, "key",
+                                     f"same key as [peer {key_owner[key]}]: "
+                                     "each peer needs a key of its own")
+                key_owner[key] = name
+            line = self.line_of(s, "allowed")
+            for prefix in allowed:
+                for other, (other_peer, other_line) in owner.items():
+                    if prefix.overlaps(other):
+                        raise self.error(line, s, "allowed",
+                                         f"{prefix} overlaps {other} of [peer {other_peer}] "
+                                         f"(line {other_line}): an address must belong "
+                                         "to one peer only")
+            for prefix in allowed:
+                owner[prefix] = (name, line)
+            peers.append(PeerConfig(name, key, allowed, s.line))
+        return tuple(peers)
 
     def _tcp(self, role: str, key: str | None) -> TcpConfig:
         s = self.tcp
@@ -528,6 +672,7 @@ class _Parser:
             priority = self.get(s, "priority", _int_in(*PRIORITY_RANGE), 0)
             gateway = self.get(s, "gateway", _gateway)
             table = self.get(s, "table", _table)
+            rate_bps = self.get(s, "rate", _rate, 0.0)
 
             if interface is None and local is None:
                 raise self.error(s.line, s, None, "needs interface or local (or both)")
@@ -555,7 +700,7 @@ class _Parser:
                                      f"table {table} is already used by [path {tables[table]}]")
                 tables[table] = name
             paths.append(PathConfig(name, interface, local, peer, weight, priority,
-                                    gateway, table, s.line))
+                                    gateway, table, rate_bps, s.line))
         # An explicit table must not be the one the daemon gives a path without one.
         for index, p in enumerate(paths):
             default = DEFAULT_TABLE_BASE + index

@@ -1,16 +1,47 @@
 """Tests for mpt.config: the tunnel.conf parser."""
 
+import os
 import re
+import tempfile
 from ipaddress import ip_address, ip_interface, ip_network
 from pathlib import Path
 
 import pytest
 
 from mpt import config
-from mpt.config import (ConfigError, Endpoint, TcpConfig, parse, parse_duration,
-                        parse_endpoint)
+from mpt.config import (ConfigError, Endpoint, PeerConfig, TcpConfig, parse, parse_duration,
+                        parse_endpoint, parse_rate)
+from mpt.keyfile import generate_key, load_key
 
 REPO = Path(__file__).resolve().parents[2]
+
+# The parser reads every key file a config names, so the configs below name
+# files that exist (mode 0600) while this module's tests run: the tunnel's key
+# and two peers' keys, all different.
+KEY_FILES = {
+    name: os.path.join(tempfile.gettempdir(), f"mpt-test-config-{os.getpid()}-{name}.key")
+    for name in ("tunnel", "a", "b")}
+KEY_FILE = KEY_FILES["tunnel"]
+KEY = f"key = {KEY_FILE}\n"
+
+
+def write_key(path, text=None, mode=0o600):
+    if os.path.lexists(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_key() if text is None else text)
+    os.chmod(path, mode)  # whatever the umask
+
+
+@pytest.fixture(autouse=True, scope="module")
+def key_files():
+    for path in KEY_FILES.values():
+        write_key(path)
+    yield
+    for path in KEY_FILES.values():
+        os.unlink(path)
+
 
 CLIENT = """\
 # a full client config
@@ -25,6 +56,10 @@ control = /run/mpt/custom.sock
 routes = 198.18.200.0/24, 2001:2:0:200::/64
 hold_time = 0.05s
 probe_interval = 50ms
+""" + KEY + """\
+cipher = chacha20-poly1305
+rekey_interval = 60s
+max_hold = 100ms
 
 [path wan1]
 interface = wan1            # inline comment, hash style
@@ -33,6 +68,7 @@ weight = 3
 interface = wan2
 local = 198.18.2.1
 weight = 1.5
+rate = 20mbit
 [path v6]
 local = fd01::2
 peer = [fd00:10::2]:4701
@@ -46,13 +82,14 @@ SERVER = """\
 address = 10.77.0.2/30
 role = server
 listen = 4700
-"""
+""" + KEY
 
 MINIMAL_CLIENT = """\
 [tunnel]
 address = 10.77.0.1/30
 role = client
 peer = 198.18.10.2:4700
+""" + KEY + """\
 [path wan1]
 interface = wan1
 """
@@ -72,12 +109,17 @@ def test_client_config():
     assert c.control == "/run/mpt/custom.sock"
     assert c.routes == (ip_network("198.18.200.0/24"), ip_network("2001:2:0:200::/64"))
     assert c.hold_time == 0.05
+    assert c.max_hold == 0.1
     assert c.probe_interval == 0.05
     assert c.idle_probe_interval == 0.3
+    assert (c.key, c.key_bytes) == (KEY_FILE, load_key(KEY_FILE))
+    assert (c.cipher, c.rekey_interval) == ("chacha20-poly1305", 60.0)
+    assert c.peers == ()
     assert [p.name for p in c.paths] == ["wan1", "wan2", "v6"]
     wan1, wan2, v6 = c.paths
     assert (wan1.interface, wan1.local, wan1.peer, wan1.weight, wan1.line) == (
-        "wan1", None, peer, 3.0, 14)
+        "wan1", None, peer, 3.0, 18)
+    assert [p.rate_bps for p in c.paths] == [0.0, 20e6, 0.0]
     assert (wan2.interface, wan2.local, wan2.peer, wan2.weight) == (
         "wan2", ip_address("198.18.2.1"), peer, 1.5)
     assert (v6.interface, v6.local, v6.peer, v6.weight) == (
@@ -95,12 +137,16 @@ def test_client_defaults():
     assert c.control == "/run/mpt/mpt0.sock"
     assert c.routes == ()
     assert c.hold_time is None
+    assert c.max_hold == 0.2
     assert c.probe_interval == 0.1
     assert c.idle_probe_interval == 0.3
     assert c.dead_after == 3
     assert c.hold_down == 0.5
+    assert c.cipher == "auto"
+    assert c.rekey_interval == 120.0
+    assert c.peers == ()
     p = c.paths[0]
-    assert (p.weight, p.priority, p.gateway, p.table) == (1.0, 0, None, None)
+    assert (p.weight, p.priority, p.gateway, p.table, p.rate_bps) == (1.0, 0, None, None, 0.0)
 
 
 def test_server_path_health_defaults():
@@ -151,25 +197,15 @@ def test_gateway_family_follows_path_peer():
     assert [p.gateway for p in c.paths] == [ip_address("fe80::1"), ip_address("198.18.2.254")]
 
 
-KEY = "key = /etc/mpt/tunnel.key\n"
-
-
-def test_key_and_tcp_defaults():
+def test_tcp_defaults():
     for text in (MINIMAL_CLIENT, SERVER):
         c = parse(text)
-        assert c.key is None
         assert c.tcp == TcpConfig() == TcpConfig(
             proxy=False, port=4701, intercept=(), exclude=(), encrypt=False, line=0)
 
 
-def test_key_is_an_absolute_path_not_read_by_the_parser():
-    # The file need not exist: the daemon reads it (mpt.keyfile.load_key).
-    assert parse(SERVER + "key = /nonexistent/tunnel.key\n").key == "/nonexistent/tunnel.key"
-    assert parse(MINIMAL_CLIENT.replace("[path", KEY + "[path")).key == "/etc/mpt/tunnel.key"
-
-
 def test_tcp_client():
-    c = parse(MINIMAL_CLIENT.replace("[path", KEY + "[path") + "\n[tcp]\nproxy = on\n"
+    c = parse(MINIMAL_CLIENT + "\n[tcp]\nproxy = on\n"
               "port = 5000\nintercept = 198.18.100.0/24, 2001:2:0:100::/64\n"
               "exclude = 198.18.200.0/24\nencrypt = off\n")
     assert c.tcp == TcpConfig(
@@ -179,20 +215,22 @@ def test_tcp_client():
 
 
 def test_tcp_server():
-    c = parse(SERVER + KEY + "[tcp]\nproxy = on\n")
+    c = parse(SERVER + "[tcp]\nproxy = on\n")
     assert c.tcp == TcpConfig(proxy=True, line=6)
-    assert parse(SERVER + KEY + "[tcp]\nproxy = yes\nport = 65535\n").tcp.port == 65535
+    assert parse(SERVER + "[tcp]\nproxy = yes\nport = 65535\n").tcp.port == 65535
     assert parse(SERVER + "[tcp]\nport = 1\n").tcp.port == 1
 
 
 def test_tcp_section_may_come_first():
-    c = parse("[tcp]\nproxy = on\n" + SERVER + KEY)
-    assert (c.tcp.proxy, c.tcp.line, c.key) == (True, 1, "/etc/mpt/tunnel.key")
+    c = parse("[tcp]\nproxy = on\n" + SERVER)
+    assert (c.tcp.proxy, c.tcp.line, c.key) == (True, 1, KEY_FILE)
 
 
 def test_tcp_proxy_off_needs_neither_key_nor_intercept():
-    assert parse(MINIMAL_CLIENT + "[tcp]\nproxy = off\n").tcp == TcpConfig(line=7)
-    assert parse(SERVER + "[tcp]\n").tcp == TcpConfig(line=5)
+    none = "cipher = none\n"
+    assert parse(MINIMAL_CLIENT.replace(KEY, none) + "[tcp]\nproxy = off\n").tcp == \
+        TcpConfig(line=8)
+    assert parse(SERVER.replace(KEY, none) + "[tcp]\n").tcp == TcpConfig(line=6)
     # prefixes may stay configured while the proxy is off
     c = parse(MINIMAL_CLIENT + "[tcp]\nintercept = 10.0.0.0/8\nexclude = fd00::/8\n")
     assert (c.tcp.proxy, c.tcp.intercept, c.tcp.exclude) == (
@@ -205,7 +243,7 @@ def test_tcp_proxy_off_needs_neither_key_nor_intercept():
     ("YES", True), ("No", False), ("True", True), ("FALSE", False),
 ])
 def test_tcp_booleans(word, value):
-    c = parse(SERVER + KEY + f"[tcp]\nproxy = {word}\nencrypt = off\n")
+    c = parse(SERVER + f"[tcp]\nproxy = {word}\nencrypt = off\n")
     assert c.tcp.proxy is value
     assert parse(SERVER + f"[tcp]\nencrypt = {word}\n").tcp.encrypt is value
 
@@ -213,6 +251,7 @@ def test_tcp_booleans(word, value):
 def test_tcp_keys_constant():
     assert config.TCP_KEYS == ("proxy", "port", "intercept", "exclude", "encrypt")
     assert "key" in config.TUNNEL_KEYS
+    assert config.PEER_KEYS == ("key", "allowed")
 
 
 def test_tables_may_repeat_when_unset_and_differ_when_set():
@@ -257,9 +296,16 @@ def test_crlf_line_endings():
     assert parse(CLIENT.replace("\n", "\r\n")) == parse(CLIENT)
 
 
+def shipped(name: str) -> str:
+    """A shipped example, its key file replaced by the one these tests made."""
+    text = (REPO / "conf" / name).read_text()
+    assert "key = /etc/mpt/tunnel.key" in text
+    return text.replace("/etc/mpt/tunnel.key", KEY_FILE)
+
+
 @pytest.mark.parametrize("name", ["client.conf", "server.conf"])
 def test_shipped_examples_parse(name):
-    c = config.load(str(REPO / "conf" / name))
+    c = parse(shipped(name), name)
     assert c.role == name.split(".")[0]
     if c.role == "client":
         assert [(p.name, p.weight) for p in c.paths] == [("wan1", 3.0), ("wan2", 1.0)]
@@ -268,21 +314,211 @@ def test_shipped_examples_parse(name):
     else:
         assert c.listen.port == 4700
         assert c.addresses == (ip_interface("10.77.0.2/30"), ip_interface("fd77::2/64"))
-    assert c.key is None or c.key.startswith("/")
+        assert [p.name for p in c.peers] == ["default"]
+    assert (c.key, c.cipher, c.scheduler) == (KEY_FILE, "auto", "weighted")
 
 
 @pytest.mark.parametrize("name", ["client.conf", "server.conf"])
 def test_shipped_tcp_examples_parse_when_uncommented(name):
-    text = (REPO / "conf" / name).read_text()
-    # "# key = ...", "# [tcp]" and the keys under it become real lines.
-    text = re.sub(r"(?m)^# (\[tcp\]|(?:key|proxy|port|intercept|exclude|encrypt) =)", r"\1",
-                  text)
+    # "# [tcp]" and the keys under it become real lines.
+    text = re.sub(r"(?m)^# (\[tcp\]|(?:proxy|port|intercept|exclude|encrypt) =)", r"\1",
+                  shipped(name))
     c = parse(text, name)
-    assert c.key == "/etc/mpt/tunnel.key"
+    assert c.key == KEY_FILE
     assert c.tcp.proxy and c.tcp.port == 4701 and not c.tcp.encrypt
     if c.role == "client":
         assert c.tcp.intercept == (ip_network("198.18.100.0/24"),
                                    ip_network("2001:2:0:100::/64"))
+
+
+@pytest.mark.parametrize("name", ["client.conf", "server.conf"])
+def test_shipped_examples_parse_without_key_only_with_cipher_none(name):
+    with pytest.raises(ConfigError) as e:
+        parse(shipped(name).replace(KEY, ""), name)
+    assert f"{name}:5: [tunnel] key: missing required key" in str(e.value)
+    assert parse(shipped(name).replace(KEY, "cipher = none\n"), name).key is None
+
+
+def test_shipped_server_peer_example_parses_when_uncommented():
+    text = re.sub(r"(?m)^# (\[peer \w+\]|(?:key|allowed) =)", r"\1", shipped("server.conf"))
+    text = (text.replace("/etc/mpt/branch1.key", KEY_FILES["a"])
+            .replace("/etc/mpt/branch2.key", KEY_FILES["b"]))
+    c = parse(text, "server.conf")
+    assert [(p.name, p.key) for p in c.peers] == [
+        ("branch1", load_key(KEY_FILES["a"])), ("branch2", load_key(KEY_FILES["b"]))]
+    assert c.peers[1].allowed == (ip_network("10.77.0.3/32"), ip_network("198.18.101.0/24"))
+
+
+# --- keys, ciphers, peers, scheduling ------------------------------------------------
+
+NO_KEY_CLIENT = MINIMAL_CLIENT.replace(KEY, "")
+NO_KEY_SERVER = SERVER.replace(KEY, "")
+PEER_A = (f"[peer a]\nkey = {KEY_FILES['a']}\n"
+          "allowed = 10.77.0.1/32, 198.18.100.0/24, fd77::1/128\n")
+PEER_B = f"[peer b]\nkey = {KEY_FILES['b']}\nallowed = 10.77.0.3/32, 198.18.101.0/24\n"
+
+
+def test_key_file_is_read_by_the_parser():
+    for text in (MINIMAL_CLIENT, SERVER):
+        c = parse(text)
+        assert c.key == KEY_FILE
+        assert c.key_bytes == load_key(KEY_FILE) and len(c.key_bytes) == 32
+
+
+def test_key_material_is_not_in_repr():
+    c = parse(SERVER + PEER_A.replace("[peer a]", "[peer x]"))
+    key, peer_key = c.key_bytes, c.peers[0].key
+    for text in (repr(c), str(c), repr(c.peers)):
+        for k in (key, peer_key):
+            assert repr(k) not in text and k.hex() not in text
+
+
+def test_server_without_peer_sections_serves_one_implicit_peer():
+    c = parse("\n" + SERVER)
+    assert c.peers == (PeerConfig("default", load_key(KEY_FILE),
+                                  (ip_network("0.0.0.0/0"), ip_network("::/0")), 2),)
+    assert config.IMPLICIT_PEER == "default"
+
+
+@pytest.mark.parametrize("cipher", ["auto", "aes-256-gcm", "chacha20-poly1305"])
+def test_cipher_values(cipher):
+    assert parse(SERVER + f"cipher = {cipher}\n").cipher == cipher
+    assert parse(MINIMAL_CLIENT.replace(KEY, KEY + f"cipher = {cipher}\n")).cipher == cipher
+
+
+def test_cipher_none_needs_no_key():
+    c = parse(NO_KEY_CLIENT.replace("[path", "cipher = none\n[path"))
+    assert (c.cipher, c.key, c.key_bytes) == ("none", None, None)
+    s = parse(NO_KEY_SERVER + "cipher = none\n")
+    assert (s.key, s.key_bytes) == (None, None)
+    assert s.peers == (PeerConfig("default", None, config.IMPLICIT_ALLOWED, 1),)
+    # a key given anyway is read and kept
+    assert parse(SERVER + "cipher = none\n").peers[0].key == load_key(KEY_FILE)
+
+
+def test_missing_key_says_how_to_make_one():
+    for text, line in ((NO_KEY_CLIENT, 1), ("\n" + NO_KEY_SERVER, 2),
+                       (NO_KEY_SERVER + "cipher = aes-256-gcm\n", 1)):
+        with pytest.raises(ConfigError) as e:
+            parse(text, "f.conf")
+        assert str(e.value) == (
+            f"f.conf:{line}: [tunnel] key: missing required key: packets are authenticated "
+            "and encrypted with it; make one with (umask 077; mptctl genkey > "
+            "/etc/mpt/tunnel.key), the same file on both routers, or write cipher = none "
+            "for an unprotected tunnel")
+
+
+def test_key_file_errors_name_the_key_line(tmp_path):
+    k = tmp_path / "tunnel.key"
+    cases = [
+        (None, 0, f"cannot read key file {k}: No such file or directory"),
+        (generate_key(), 0o644,
+         f"key file {k} is accessible by group or others (mode 0644): chmod 600 {k}"),
+        (generate_key(), 0o640, "(mode 0640)"),
+        ("bm90IGEga2V5\n", 0o600,
+         f"key file {k}: expected one line of base64 holding 32 bytes (mptctl genkey makes one)"),
+        ("", 0o600, "expected one line of base64"),
+    ]
+    for text, mode, message in cases:
+        if text is not None:
+            write_key(str(k), text, mode)
+        for conf, where in (
+                (NO_KEY_SERVER + f"key = {k}\n", "f.conf:5: [tunnel] key"),
+                (NO_KEY_SERVER + f"cipher = none\nkey = {k}\n", "f.conf:6: [tunnel] key"),
+                (MINIMAL_CLIENT.replace(KEY, f"key = {k}\n"), "f.conf:5: [tunnel] key"),
+                (NO_KEY_SERVER + f"[peer a]\nallowed = 10.0.0.0/8\nkey = {k}\n",
+                 "f.conf:7: [peer a] key")):
+            with pytest.raises(ConfigError) as e:
+                parse(conf, "f.conf")
+            assert str(e.value).startswith(f"{where}: ")
+            assert message in str(e.value)
+
+
+@pytest.mark.parametrize("value", ["weighted", "auto"])
+def test_scheduler_values(value):
+    assert parse(MINIMAL_CLIENT.replace(KEY, KEY + f"scheduler = {value}\n")).scheduler == value
+    assert parse(SERVER + f"scheduler = {value}\n").scheduler == value
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("10s", 10.0), ("120s", 120.0), ("3600s", 3600.0), ("90.5s", 90.5), ("10000ms", 10.0),
+    ("3600000", 3600.0),
+])
+def test_rekey_interval_values(text, seconds):
+    assert parse(SERVER + f"rekey_interval = {text}\n").rekey_interval == seconds
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ("", (None, 0.2)),
+    ("max_hold = 1ms\n", (None, 0.001)),
+    ("max_hold = 2s\n", (None, 2.0)),
+    ("max_hold = 50\n", (None, 0.05)),
+    ("max_hold = 50ms\nhold_time = 50ms\n", (0.05, 0.05)),
+    ("hold_time = 10ms\nmax_hold = 1s\n", (0.01, 1.0)),
+    ("hold_time = 100ms\n", (0.1, 0.2)),
+    ("hold_time = 200ms\n", (0.2, 0.2)),
+    # unset, max_hold follows a fixed hold_time above its default
+    ("hold_time = 500ms\n", (0.5, 0.5)),
+    ("hold_time = 2s\n", (2.0, 2.0)),
+])
+def test_hold_time_and_max_hold(keys, expected):
+    c = parse(SERVER + keys)
+    assert (c.hold_time, c.max_hold) == expected
+
+
+@pytest.mark.parametrize("text, bps", [
+    ("20mbit", 20e6), ("1.5mbit", 1.5e6), ("20Mbit", 20e6), ("20MBIT", 20e6),
+    ("1gbit", 1e9), ("64kbit", 64e3), ("100gbit", 100e9), ("64000bit", 64e3),
+    (".5gbit", 5e8), ("2.5 mbit", 2.5e6), ("20mbit/s", 20e6), ("0.1mbit", 1e5),
+    ("1.1mbit", 1.1e6), ("99.999kbit", 99999.0), ("0", 0.0), ("0.0", 0.0), ("0mbit", 0.0),
+    # exact: 1.001 * 1e6 in floats is 1000999.9999999999
+    ("1.001mbit", 1001000.0), ("1.005gbit", 1005000000.0),
+])
+def test_path_rate_values(text, bps):
+    assert parse_rate(text) == bps
+    assert parse(MINIMAL_CLIENT + f"rate = {text}\n").paths[0].rate_bps == bps
+
+
+@pytest.mark.parametrize("text", [
+    "", "20", "1.5", "20mbps", "20Mbps", "20bps", "20kbps", "20gbps", "20MBps", "20mb",
+    "20m", "20k", "20mbyte", "20mibit", "fast", "-1mbit", "+1mbit", "1e6bit", "inf", "nan",
+    "20 mbit extra", "mbit", "1,5mbit", "²mbit", "20mbit/h",
+])
+def test_parse_rate_rejects(text):
+    with pytest.raises(ValueError) as e:
+        parse_rate(text)
+    assert "\n" not in str(e.value) and repr(text) in str(e.value)
+
+
+def test_server_peers():
+    c = parse(NO_KEY_SERVER + PEER_A + PEER_B)
+    assert c.peers == (
+        PeerConfig("a", load_key(KEY_FILES["a"]),
+                   (ip_network("10.77.0.1/32"), ip_network("198.18.100.0/24"),
+                    ip_network("fd77::1/128")), 5),
+        PeerConfig("b", load_key(KEY_FILES["b"]),
+                   (ip_network("10.77.0.3/32"), ip_network("198.18.101.0/24")), 8))
+    # with [peer] sections the tunnel needs no [tunnel] key
+    assert (c.key, c.key_bytes, c.cipher) == (None, None, "auto")
+
+
+def test_server_peers_with_tunnel_key_for_the_tcp_proxy():
+    c = parse(SERVER + PEER_A + "[tcp]\nproxy = on\n")
+    assert (c.key, c.key_bytes) == (KEY_FILE, load_key(KEY_FILE))
+    assert c.tcp.proxy and [p.name for p in c.peers] == ["a"]
+
+
+def test_peer_sections_anywhere_and_without_keys_under_cipher_none():
+    c = parse("[peer x]\nallowed = 10.0.0.0/8\n" + NO_KEY_SERVER + "cipher = none\n"
+              "[peer default]\nallowed = fd00::/8\n")
+    assert [(p.name, p.key, p.line) for p in c.peers] == [("x", None, 1), ("default", None, 8)]
+
+
+def test_peer_prefixes_may_touch_and_overlap_within_one_peer():
+    c = parse(NO_KEY_SERVER
+              + f"[peer a]\nkey = {KEY_FILES['a']}\nallowed = 10.0.0.0/25, ::/1, 10.0.0.0/26\n"
+              + f"[peer b]\nkey = {KEY_FILES['b']}\nallowed = 10.0.0.128/25, 8000::/1\n")
+    assert [len(p.allowed) for p in c.peers] == [3, 2]
 
 
 def test_load_file(tmp_path):
@@ -303,7 +539,7 @@ def test_load_error_names_file_and_line(tmp_path):
     f.write_text(CLIENT.replace("weight = 1.5", "weight = -1"))
     with pytest.raises(ConfigError) as e:
         config.load(str(f))
-    assert str(e.value) == f"{f}:20: [path wan2] weight: must be a positive number, got '-1'"
+    assert str(e.value) == f"{f}:24: [path wan2] weight: must be a positive number, got '-1'"
 
 
 def test_config_error_is_value_error():
@@ -514,13 +750,118 @@ ERRORS = [
      "duplicate key (first at line 5)"),
     (_client(paths="[path a]\ninterface = a\nkey = /k\n"), "f.conf:7: [path a] key",
      "unknown key"),
+    # cipher, key required, scheduler, rekey_interval, max_hold
+    (_server("cipher = aes\n"), "f.conf:5: [tunnel] cipher",
+     "must be one of: auto, aes-256-gcm, chacha20-poly1305, none; got 'aes'"),
+    (_server("cipher = AES-256-GCM\n"), "f.conf:5: [tunnel] cipher", "must be one of"),
+    (_server("cipher = none\ncipher = auto\n"), "f.conf:6: [tunnel] cipher",
+     "duplicate key (first at line 5)"),
+    (_client(), "f.conf:1: [tunnel] key", "missing required key: packets are authenticated"),
+    (_client("cipher = auto\n"), "f.conf:1: [tunnel] key", "or write cipher = none"),
+    (_server("cipher = chacha20-poly1305\n"), "f.conf:1: [tunnel] key", "mptctl genkey"),
+    # a mistake in a value is reported before the missing key
+    (_client(paths="[path a]\ninterface = a\nrate = 5\n"), "f.conf:7: [path a] rate",
+     "needs a unit"),
+    (_server("scheduler = Auto\n"), "f.conf:5: [tunnel] scheduler",
+     "must be one of: weighted, auto; got 'Auto'"),
+    (_server("rekey_interval = 9s\n"), "f.conf:5: [tunnel] rekey_interval",
+     "must be between 10s and 3600s, got '9s'"),
+    (_server("rekey_interval = 3601s\n"), "f.conf:5: [tunnel] rekey_interval",
+     "between 10s and 3600s"),
+    (_server("rekey_interval = 120\n"), "f.conf:5: [tunnel] rekey_interval",
+     "must be between 10s and 3600s, got '120' (a number without unit is milliseconds)"),
+    (_server("rekey_interval = 0\n"), "f.conf:5: [tunnel] rekey_interval",
+     "must be between 10s and 3600s, got '0'"),
+    (_server("rekey_interval = 1h\n"), "f.conf:5: [tunnel] rekey_interval",
+     "expected a duration"),
+    (_server("rekey_interval = never\n"), "f.conf:5: [tunnel] rekey_interval",
+     "expected a duration"),
+    (_server("max_hold = 0.5ms\n"), "f.conf:5: [tunnel] max_hold",
+     "must be between 1ms and 2s, got '0.5ms'"),
+    (_server("max_hold = 2001ms\n"), "f.conf:5: [tunnel] max_hold", "between 1ms and 2s"),
+    (_server("max_hold = 0.5\n"), "f.conf:5: [tunnel] max_hold",
+     "got '0.5' (a number without unit is milliseconds)"),
+    (_server("max_hold = long\n"), "f.conf:5: [tunnel] max_hold", "expected a duration"),
+    (_server("max_hold = 100ms\nhold_time = 150ms\n"), "f.conf:6: [tunnel] hold_time",
+     "must be at most max_hold (100ms), got '150ms'"),
+    # reported on the hold_time line, whichever key comes first
+    (_server("hold_time = 1s\nmax_hold = 999ms\n"), "f.conf:5: [tunnel] hold_time",
+     "must be at most max_hold (999ms), got '1s'"),
+    # rate
+    (_client(paths="[path a]\ninterface = a\nrate = 20\n"), "f.conf:7: [path a] rate",
+     "needs a unit (bit, kbit, mbit, gbit), e.g. 20mbit; got '20'"),
+    (_client(paths="[path a]\ninterface = a\nrate = 20Mbps\n"), "f.conf:7: [path a] rate",
+     "ambiguous unit in '20Mbps' (tc reads bps as bytes/s): write bits/s as bit, kbit, "
+     "mbit, gbit, e.g. 20mbit"),
+    (_client(paths="[path a]\ninterface = a\nrate = 20mb\n"), "f.conf:7: [path a] rate",
+     "unknown unit in '20mb' (expected bit, kbit, mbit, gbit, e.g. 20mbit)"),
+    (_client(paths="[path a]\ninterface = a\nrate = fast\n"), "f.conf:7: [path a] rate",
+     "expected a rate like 20mbit or 1.5gbit, got 'fast'"),
+    (_client(paths="[path a]\ninterface = a\nrate = -1mbit\n"), "f.conf:7: [path a] rate",
+     "expected a rate like 20mbit"),
+    (_client(paths="[path a]\ninterface = a\nrate = 63.9kbit\n"), "f.conf:7: [path a] rate",
+     "must be 0 (no cap) or between 64kbit and 100gbit, got '63.9kbit'"),
+    (_client(paths="[path a]\ninterface = a\nrate = 100.5gbit\n"), "f.conf:7: [path a] rate",
+     "between 64kbit and 100gbit"),
+    (_client(paths="[path a]\ninterface = a\nrate = 1mbit\nrate = 2mbit\n"),
+     "f.conf:8: [path a] rate", "duplicate key (first at line 7)"),
+    (_server("rate = 1mbit\n"), "f.conf:5: [tunnel] rate", "unknown key"),
+    # [peer NAME]
+    (_client(paths="[path a]\ninterface = a\n[peer x]\nallowed = 10.0.0.0/8\n"),
+     "f.conf:7: [peer x]",
+     "[peer] sections are for role = server; a client's one peer is peer = in [tunnel]"),
+    (_server("[peer]\n"), "f.conf:5", "bad peer section '[peer]': expected [peer NAME] with "
+     "NAME of 1..32 characters from A-Z a-z 0-9 _ . -"),
+    (_server("[peer a b]\n"), "f.conf:5", "expected [peer NAME]"),
+    (_server("[peer a/b]\n"), "f.conf:5", "expected [peer NAME]"),
+    (_server("[peer " + "x" * 33 + "]\n"), "f.conf:5", "expected [peer NAME]"),
+    (_server(PEER_A + "[peer a]\n"), "f.conf:8: [peer a]", "duplicate section (first at line 5)"),
+    (_server("[peer a]\nallowed = 10.0.0.0/8\nweight = 1\n"), "f.conf:7: [peer a] weight",
+     "unknown key (allowed: key, allowed)"),
+    (_server("[peer a]\nkey = /k\nkey = /k\n"), "f.conf:7: [peer a] key",
+     "duplicate key (first at line 6)"),
+    (_server("[peer a]\nallowed =\n"), "f.conf:6: [peer a] allowed", "empty value"),
+    (_server("[peer a]\nkey = k.key\n"), "f.conf:6: [peer a] key",
+     "must be an absolute path, got 'k.key'"),
+    (_server(f"[peer a]\nkey = {KEY_FILES['a']}\n"), "f.conf:5: [peer a] allowed",
+     "missing required key"),
+    (_server("[peer a]\nallowed = 10.0.0.0/8\n"), "f.conf:5: [peer a] key",
+     "missing required key: this peer's packets are authenticated and encrypted with it "
+     "(a copy of its router's [tunnel] key), or write cipher = none in [tunnel]"),
+    (_server(PEER_A + "[peer b]\nallowed = 10.9.0.0/16\n"), "f.conf:8: [peer b] key",
+     "missing required key"),
+    (_server(f"[peer a]\nkey = {KEY_FILES['a']}\nallowed = 10.0.0.1/8\n"),
+     "f.conf:7: [peer a] allowed",
+     "'10.0.0.1/8' is not a prefix like 198.18.200.0/24 (host bits must be zero)"),
+    (_server(f"[peer a]\nkey = {KEY_FILES['a']}\nallowed = 10.0.0.0/8, fd00::1/8\n"),
+     "f.conf:7: [peer a] allowed", "'fd00::1/8' is not a prefix"),
+    (_server(f"[peer a]\nkey = {KEY_FILES['a']}\nallowed = 10.0.0.0/8,\n"),
+     "f.conf:7: [peer a] allowed", "empty item"),
+    (_server(f"[peer a]\nkey = {KEY_FILES['a']}\nallowed = lan\n"),
+     "f.conf:7: [peer a] allowed", "'lan' is not a prefix"),
+    (_server(f"[peer a]\nkey = {KEY_FILES['a']}\nallowed = 10.0.0.0/8, 10.0.0.0/8\n"),
+     "f.conf:7: [peer a] allowed", "listed twice"),
+    (_server(PEER_A + f"[peer b]\nkey = {KEY_FILES['b']}\nallowed = 198.18.0.0/16\n"),
+     "f.conf:10: [peer b] allowed", "198.18.0.0/16 overlaps 198.18.100.0/24 of [peer a] "
+     "(line 7): an address must belong to one peer only"),
+    (_server(PEER_A + f"[peer b]\nkey = {KEY_FILES['b']}\nallowed = 10.9.0.0/16, fd77::/64\n"),
+     "f.conf:10: [peer b] allowed", "fd77::/64 overlaps fd77::1/128 of [peer a] (line 7)"),
+    (_server(PEER_A + f"[peer b]\nkey = {KEY_FILES['b']}\nallowed = 10.77.0.1/32\n"),
+     "f.conf:10: [peer b] allowed", "10.77.0.1/32 overlaps 10.77.0.1/32 of [peer a]"),
+    (_server(PEER_A + PEER_B
+             + f"[peer c]\nkey = {KEY_FILE}\nallowed = 10.9.0.0/16, 0.0.0.0/0\n"),
+     "f.conf:13: [peer c] allowed", "0.0.0.0/0 overlaps 10.77.0.1/32 of [peer a] (line 7)"),
+    (_server(PEER_A + f"[peer b]\nkey = {KEY_FILES['a']}\nallowed = 10.9.0.0/16\n"),
+     "f.conf:9: [peer b] key", "same key as [peer a]: each peer needs a key of its own"),
+    (_server(PEER_A + "[tcp]\nproxy = on\n"), "f.conf:9: [tcp] proxy",
+     "needs key = in [tunnel]: proxied connections are authenticated with it"),
     # [tcp] structure
     ("[tcp]\nproxy = off\n", "f.conf", "missing [tunnel] section"),
     (_server("[tcp]\n[tcp]\n"), "f.conf:6: [tcp]", "duplicate section (first at line 5)"),
     (_server("[tcp]\nproxy = off\n[path a]\n[tcp]\n"), "f.conf:8: [tcp]",
      "duplicate section (first at line 5)"),
     (_server("[tcp proxy]\n"), "f.conf:5", "unknown section '[tcp proxy]' "
-     "(expected [tunnel], [tcp] or [path NAME])"),
+     "(expected [tunnel], [tcp], [path NAME] or [peer NAME])"),
     (_server("[tcp]\ncolour = blue\n"), "f.conf:6: [tcp] colour",
      "unknown key (allowed: proxy, port, intercept, exclude, encrypt)"),
     (_server("[tcp]\nroutes = 10.0.0.0/8\n"), "f.conf:6: [tcp] routes", "unknown key"),

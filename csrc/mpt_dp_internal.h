@@ -1,15 +1,18 @@
-/* State shared by the datapath's files (loop, send, receive). */
+/* State shared by the datapath's files (loop, peers, send, receive). */
 #ifndef MPT_DP_INTERNAL_H
 #define MPT_DP_INTERNAL_H
-
 
 #include <pthread.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include "mpt_aead.h"
 #include "mpt_datapath.h"
 #include "mpt_pktinfo.h"
 #include "mpt_reorder.h"
+#include "mpt_replay.h"
 #include "mpt_wire.h"
+
+#define MPT_BUF_LEN (MPT_HDR_LEN + MPT_MAX_PKT + MPT_TAG_LEN)
 
 struct mpt_path {
     int fd;                        /* -1: no path */
@@ -18,7 +21,30 @@ struct mpt_path {
     struct sockaddr_storage peer;
     socklen_t peerlen;
     struct mpt_local local;        /* server: the address the client sends to */
-    uint32_t tx_path_seq;
+};
+
+struct mpt_peer {
+    int used;
+    struct mpt_prefix allowed[MPT_MAX_ALLOWED];
+    uint32_t nallowed;             /* 0: any address */
+
+    /* session: all zero until the first handshake completes */
+    int keyed;
+    uint16_t local_index;          /* in the headers we receive */
+    uint16_t remote_index;         /* in the headers we send */
+    int cipher;
+    uint8_t tx_phase;
+    int tx_pending;                /* -1, or the phase to switch to when the peer uses it */
+    uint8_t rx_ok[2];
+    struct mpt_aead *tx_aead[2], *rx_aead[2];
+    struct mpt_replay replay;
+    uint64_t tx_seq;
+    uint16_t tx_flow_seq[MPT_FLOW_BUCKETS];
+
+    struct mpt_path paths[MPT_MAX_PATHS];
+    struct mpt_sched sched;
+    struct mpt_reorder *reorder;
+    struct mpt_counters counters;
 };
 
 /* One batch of outbound packets per path, handed to sendmmsg at once. */
@@ -27,47 +53,78 @@ struct mpt_txq {
     struct iovec iov[MPT_BATCH];
     struct sockaddr_storage to[MPT_BATCH];
     uint8_t cmsg[MPT_BATCH][MPT_PKTINFO_SPACE];
+    struct mpt_path_counters *counters;
     int fd;
     unsigned n;
+};
+
+/* Packets waiting until a rate-capped path has tokens again (FIFO). */
+struct mpt_backlog {
+    uint32_t head, n;
+    int64_t retry_ns;              /* when the head may go; 0: now */
+    struct {
+        int64_t since_ns;
+        uint32_t len;
+        int32_t peer;
+        uint8_t buf[MPT_BUF_LEN];
+    } slot[MPT_PACE_SLOTS];
+};
+
+/* Handshake packets reach Python at a bounded rate, per source and in all. */
+#define MPT_HS_SOURCES 256
+struct mpt_hs_limit {
+    double tokens_all;
+    int64_t last_all;
+    double tokens[MPT_HS_SOURCES];
+    int64_t last[MPT_HS_SOURCES];
 };
 
 struct mpt_dp {
     int tun_fd, ctrl_fd, wake_fd;
     int listen_fd;                 /* server only, else -1 */
     int server;
-    uint16_t session;              /* ours, sent in every header */
-    int peer_session_known;
-    uint16_t peer_session;
+    int64_t hold_ns, alive_ns;
 
-    pthread_mutex_t lock;          /* guards paths, sched, gen */
+    pthread_mutex_t lock;          /* guards peers (paths, sched, keys), gen */
     pthread_cond_t synced;
-    struct mpt_path paths[MPT_MAX_PATHS];
-    struct mpt_sched sched;
+    struct mpt_peer peers[MPT_MAX_PEERS];
     uint64_t gen, gen_seen;
-    uint64_t tx_seq;
 
     pthread_t thread;
     int running;
     volatile int stop;
     volatile int failed;           /* errno that stopped the loop */
 
-    struct mpt_reorder *reorder;
-    struct mpt_counters counters;
+    struct mpt_counters counters;  /* what no peer can be blamed for */
+    struct mpt_hs_limit hs_limit;
 
     /* Preallocated packet buffers: nothing is allocated per packet. */
-    uint8_t tx_buf[MPT_BATCH][MPT_HDR_LEN + MPT_MAX_PKT];
-    uint8_t rx_buf[MPT_BATCH][MPT_HDR_LEN + MPT_MAX_PKT + 1];
-    struct mpt_txq txq[MPT_MAX_PATHS];
+    uint8_t tx_buf[MPT_BATCH][MPT_BUF_LEN];
+    uint8_t ctrl_buf[MPT_BUF_LEN];
+    uint8_t rx_buf[MPT_BATCH][MPT_BUF_LEN + 1];
+    struct mpt_txq txq[MPT_MAX_PEERS * MPT_MAX_PATHS];
     struct mmsghdr rx_msgs[MPT_BATCH];
     struct iovec rx_iov[MPT_BATCH];
     struct sockaddr_storage rx_from[MPT_BATCH];
     uint8_t rx_cmsg[MPT_BATCH][MPT_PKTINFO_SPACE];
     struct mpt_local rx_local[MPT_BATCH];
+    struct mpt_backlog backlog;
 };
 
 int64_t mpt_now_ns(void);
-/* send.c: read a batch from the TUN device and send it on the paths. */
+/* peer.c: the peer whose allowed prefixes cover an inner address (the
+ * longest match), whether an inner source is allowed, session lookup. */
+int mpt_peer_for_inner_dst(struct mpt_dp *dp, const uint8_t *pkt, uint32_t len);
+int mpt_peer_allows_src(const struct mpt_peer *p, const uint8_t *pkt, uint32_t len);
+int mpt_peer_by_session(struct mpt_dp *dp, uint16_t local_index);
+/* Header + seal a packet of `len` payload bytes at buf + MPT_HDR_LEN;
+ * returns the datagram length, or 0 if it cannot be sealed. */
+uint32_t mpt_peer_seal(struct mpt_peer *p, uint8_t *buf, uint32_t len, uint8_t type, int idx,
+                       uint16_t bucket, uint16_t flow_seq);
+/* send.c: read a batch from the TUN device and send it on the paths;
+ * retry what waits for a paced path. */
 void mpt_send_from_tun(struct mpt_dp *dp);
+void mpt_send_backlog(struct mpt_dp *dp, int64_t now);
 /* receive.c: drain one path socket, deliver data to the TUN device. */
 void mpt_receive_from_socket(struct mpt_dp *dp, int fd);
 void mpt_deliver_to_tun(void *ctx, const uint8_t *data, uint32_t len);

@@ -2,15 +2,21 @@
  *
  * The stages, in the order the functions below follow them:
  *   1. recvmmsg      up to MPT_BATCH datagrams from one path socket;
- *   2. classify      check the header (length, version, type, path index);
- *                    control packets go to Python with their source address;
- *   3. check         the payload must be one whole IP packet;
- *   4. learn         (server) follow the client's address for that path
+ *   2. classify      check the header (length, version, type); handshake
+ *                    packets go to Python, at a bounded rate;
+ *   3. session       the header's session index names the peer; the
+ *                    replay window rejects what was seen, the peer's key
+ *                    for the packet's phase authenticates and decrypts;
+ *   4. dispatch      control packets go to Python with their source;
+ *                    data must be one whole IP packet from a source the
+ *                    peer may use;
+ *   5. learn         (server) follow the client's address for that path
  *                    (control packets: Python does it for a valid probe);
- *   5. reorder       hand it to the reorder buffer, which delivers to the
+ *   6. reorder       the peer's reorder buffer delivers each flow to the
  *                    TUN device in sequence.
- * Anything malformed is dropped and counted; nothing unchecked is written
- * to the TUN device.
+ * Anything else is dropped and counted, never answered, never logged:
+ * nothing unauthenticated reaches the TUN device or changes any state
+ * but a counter.
  */
 #define _GNU_SOURCE /* sendmmsg, recvmmsg */
 #include <errno.h>
@@ -18,6 +24,11 @@
 #include <unistd.h>
 #include <sys/uio.h>
 #include "mpt_dp_internal.h"
+
+#define HS_RATE_ALL 500.0       /* handshake packets per second, all sources */
+#define HS_BURST_ALL 100.0
+#define HS_RATE_SOURCE 10.0     /* ... and per source address */
+#define HS_BURST_SOURCE 10.0
 
 void mpt_deliver_to_tun(void *ctx, const uint8_t *data, uint32_t len)
 {
@@ -30,81 +41,136 @@ void mpt_deliver_to_tun(void *ctx, const uint8_t *data, uint32_t len)
     }
 }
 
-static void to_python(struct mpt_dp *dp, int fd, const struct sockaddr_storage *from,
-                      socklen_t fromlen, const struct mpt_local *local, const uint8_t *pkt,
+static void to_python(struct mpt_dp *dp, int fd, int peer, unsigned i, const uint8_t *pkt,
                       size_t len)
 {
     struct mpt_ctrl_meta meta;
     struct iovec iov[2];
+    socklen_t fromlen = dp->rx_msgs[i].msg_hdr.msg_namelen;
     memset(&meta, 0, sizeof(meta));
     meta.fd = fd;
+    meta.peer = peer;
     meta.addrlen = fromlen <= MPT_SOCKADDR_MAX ? fromlen : MPT_SOCKADDR_MAX;
-    memcpy(meta.addr, from, meta.addrlen);
-    meta.local_family = local->family;
-    memcpy(meta.local, local->addr, sizeof(meta.local));
+    memcpy(meta.addr, &dp->rx_from[i], meta.addrlen);
+    meta.local_family = dp->rx_local[i].family;
+    memcpy(meta.local, dp->rx_local[i].addr, sizeof(meta.local));
     iov[0].iov_base = &meta;
     iov[0].iov_len = sizeof(meta);
     iov[1].iov_base = (void *)pkt;
     iov[1].iov_len = len;
     if (writev(dp->ctrl_fd, iov, 2) < 0)
-        dp->counters.drop_ctrl_queue++;
+        (peer >= 0 ? &dp->peers[peer].counters : &dp->counters)->drop_ctrl_queue++;
 }
 
-/* Which path a datagram belongs to: the client knows it by the socket and
- * accepts only the server's address on it; the server reads the client's
- * index from the header.  -1 if none. */
-static int path_of(struct mpt_dp *dp, int fd, const struct mpt_hdr *h,
-                   const struct sockaddr_storage *from, socklen_t fromlen)
+static int take_token(double *tokens, int64_t *last, double rate, double burst, int64_t now)
+{
+    *tokens += (double)(now - *last) * 1e-9 * rate;
+    if (*tokens > burst)
+        *tokens = burst;
+    *last = now;
+    if (*tokens < 1.0)
+        return 0;
+    *tokens -= 1.0;
+    return 1;
+}
+
+/* Handshakes cost the Python side a MAC per configured peer: a flood of
+ * them must not starve it, and one source must not starve the others. */
+static int handshake_allowed(struct mpt_dp *dp, unsigned i, int64_t now)
+{
+    struct mpt_hs_limit *l = &dp->hs_limit;
+    const uint8_t *a = (const uint8_t *)&dp->rx_from[i];
+    socklen_t n = dp->rx_msgs[i].msg_hdr.msg_namelen;
+    uint32_t h = 2166136261u, k;
+    /* FNV-1a over the address without the port (bytes 4.. of sockaddr_in,
+     * 8.. of sockaddr_in6) */
+    for (socklen_t j = (n > 16 ? 8 : 4); j < n && j < 24; j++)
+        h = (h ^ a[j]) * 16777619u;
+    k = h % MPT_HS_SOURCES;
+    if (!take_token(&l->tokens[k], &l->last[k], HS_RATE_SOURCE, HS_BURST_SOURCE, now))
+        return 0;
+    return take_token(&l->tokens_all, &l->last_all, HS_RATE_ALL, HS_BURST_ALL, now);
+}
+
+/* Which path a datagram of peer `pe` belongs to: the client knows it by
+ * the socket and accepts only the server's address on it; the server reads
+ * the client's index from the header.  -1 if none. */
+static int path_of(struct mpt_dp *dp, struct mpt_peer *pe, int fd, const struct mpt_hdr *h,
+                   unsigned i)
 {
     const struct mpt_path *p;
-    if (dp->server)
-        return h->path < MPT_MAX_PATHS ? h->path : -1;
+    socklen_t fromlen = dp->rx_msgs[i].msg_hdr.msg_namelen;
     if (h->path >= MPT_MAX_PATHS)
         return -1;
-    p = &dp->paths[h->path];
-    if (p->fd != fd || p->peerlen != fromlen || memcmp(&p->peer, from, fromlen) != 0)
+    if (dp->server)
+        return h->path;
+    p = &pe->paths[h->path];
+    if (p->fd != fd || p->peerlen != fromlen || memcmp(&p->peer, &dp->rx_from[i], fromlen) != 0)
         return -1;
     return h->path;
 }
 
-static void learn(struct mpt_dp *dp, int idx, int fd, const struct sockaddr_storage *from,
-                  socklen_t fromlen, const struct mpt_local *local)
+static void learn(struct mpt_dp *dp, struct mpt_peer *pe, int idx, int fd, unsigned i)
 {
-    struct mpt_path *p = &dp->paths[idx];
+    struct mpt_path *p = &pe->paths[idx];
+    socklen_t fromlen = dp->rx_msgs[i].msg_hdr.msg_namelen;
     if (fromlen > MPT_SOCKADDR_MAX)
         return;
-    if (local->family)
-        p->local = *local;
-    if (p->peerlen == fromlen && memcmp(&p->peer, from, fromlen) == 0 && p->fd == fd)
+    if (dp->rx_local[i].family)
+        p->local = dp->rx_local[i];
+    if (p->peerlen == fromlen && memcmp(&p->peer, &dp->rx_from[i], fromlen) == 0 && p->fd == fd)
         return;
     if (p->peerlen != 0)
-        dp->counters.path[idx].addr_changes++;
-    memcpy(&p->peer, from, fromlen);
+        pe->counters.path[idx].addr_changes++;
+    memcpy(&p->peer, &dp->rx_from[i], fromlen);
     p->peerlen = fromlen;
-    p->fd = fd;
+    if (p->fd != fd) {
+        p->fd = fd;
+        dp->gen++;
+    }
 }
 
-static void check_session(struct mpt_dp *dp, uint16_t session)
+/* Replay window, then the key of the packet's phase.  Returns the
+ * plaintext payload length, or -1 (counted). */
+static int authenticate(struct mpt_peer *pe, const struct mpt_hdr *h, uint8_t *pkt, size_t len)
 {
-    if (dp->peer_session_known && dp->peer_session == session)
-        return;
-    if (dp->peer_session_known) {
-        /* The peer restarted: its sequence numbers start over. */
-        mpt_reorder_reset(dp->reorder);
-        dp->counters.session_resets++;
+    int n;
+    if (mpt_replay_check(&pe->replay, h->seq) != MPT_REPLAY_NEW) {
+        pe->counters.drop_replay++;
+        return -1;
     }
-    dp->peer_session = session;
-    dp->peer_session_known = 1;
+    if (!pe->rx_ok[h->phase]) {
+        pe->counters.drop_auth++;
+        return -1;
+    }
+    n = mpt_aead_open(pe->rx_aead[h->phase], h->seq, pkt, MPT_HDR_LEN, pkt + MPT_HDR_LEN,
+                      (uint32_t)(len - MPT_HDR_LEN));
+    if (n < 0) {
+        pe->counters.drop_auth++;
+        return -1;
+    }
+    if (mpt_replay_update(&pe->replay, h->seq) != MPT_REPLAY_NEW) {
+        pe->counters.drop_replay++;
+        return -1;
+    }
+    if (pe->tx_pending == h->phase) {
+        /* The peer sends with the new keys: so may we (rekey confirmed). */
+        pe->tx_phase = h->phase;
+        pe->tx_pending = -1;
+        pe->counters.key_switches++;
+    }
+    return n;
 }
 
 static void receive_one(struct mpt_dp *dp, int fd, unsigned i, int64_t now)
 {
-    const uint8_t *pkt = dp->rx_buf[i];
+    uint8_t *pkt = dp->rx_buf[i];
     size_t len = dp->rx_msgs[i].msg_len;
+    struct mpt_peer *pe;
     struct mpt_hdr h;
-    int idx;
+    int peer, idx, n;
 
-    if ((dp->rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) || len > MPT_HDR_LEN + MPT_MAX_PKT) {
+    if ((dp->rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) || len > MPT_BUF_LEN) {
         dp->counters.drop_too_big++;
         return;
     }
@@ -112,36 +178,56 @@ static void receive_one(struct mpt_dp *dp, int fd, unsigned i, int64_t now)
         dp->counters.drop_malformed++;
         return;
     }
-    if (h.version != MPT_VERSION || (h.type != MPT_TYPE_DATA && h.type != MPT_TYPE_CONTROL)) {
+    if (h.version != MPT_VERSION || h.type > MPT_TYPE_HANDSHAKE) {
         dp->counters.drop_version++;
         return;
     }
-    idx = path_of(dp, fd, &h, &dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen);
-    if (idx < 0) {
-        dp->counters.drop_bad_path++;
+    if (h.type == MPT_TYPE_HANDSHAKE) {
+        if (!handshake_allowed(dp, i, now)) {
+            dp->counters.drop_handshake_rate++;
+            return;
+        }
+        dp->counters.handshake_rx++;
+        to_python(dp, fd, -1, i, pkt, len);
         return;
     }
+    peer = mpt_peer_by_session(dp, h.session);
+    if (peer < 0) {
+        dp->counters.drop_unknown_session++;
+        return;
+    }
+    pe = &dp->peers[peer];
+    idx = path_of(dp, pe, fd, &h, i);
+    if (idx < 0) {
+        pe->counters.drop_bad_path++;
+        return;
+    }
+    n = authenticate(pe, &h, pkt, len);
+    if (n < 0)
+        return;
     if (h.type == MPT_TYPE_CONTROL) {
         /* Python parses it and, for a valid probe, sets the address. */
-        dp->counters.path[idx].ctrl_rx++;
-        mpt_reorder_heard(dp->reorder, idx, now);
-        to_python(dp, fd, &dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen,
-                  &dp->rx_local[i], pkt, len);
+        pe->counters.path[idx].ctrl_rx++;
+        /* Control shares the data's sequence: everything sent on this path
+         * before it has arrived or is lost. */
+        mpt_reorder_heard_upto(pe->reorder, idx, h.seq + 1, now);
+        to_python(dp, fd, peer, i, pkt, MPT_HDR_LEN + (size_t)n);
         return;
     }
-    if (!mpt_inner_ok(pkt + MPT_HDR_LEN, len - MPT_HDR_LEN)) {
-        dp->counters.drop_bad_inner++;
+    if (!mpt_inner_ok(pkt + MPT_HDR_LEN, (size_t)n) || h.bucket >= MPT_FLOW_BUCKETS) {
+        pe->counters.drop_bad_inner++;
         return;
     }
-    check_session(dp, h.session);
+    if (!mpt_peer_allows_src(pe, pkt + MPT_HDR_LEN, (uint32_t)n)) {
+        pe->counters.drop_source++;
+        return;
+    }
     if (dp->server)
-        learn(dp, idx, fd, &dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen,
-              &dp->rx_local[i]);
-    dp->counters.path[idx].rx_packets++;
-    dp->counters.path[idx].rx_bytes += len - MPT_HDR_LEN;
-    if (h.path_seq > dp->counters.path[idx].rx_path_seq)
-        dp->counters.path[idx].rx_path_seq = h.path_seq;
-    mpt_reorder_input(dp->reorder, h.seq, idx, pkt + MPT_HDR_LEN, (uint32_t)(len - MPT_HDR_LEN), now);
+        learn(dp, pe, idx, fd, i);
+    pe->counters.path[idx].rx_packets++;
+    pe->counters.path[idx].rx_bytes += (uint64_t)n;
+    mpt_reorder_input(pe->reorder, h.seq, h.bucket, h.flow_seq, idx, pkt + MPT_HDR_LEN,
+                      (uint32_t)n, now);
 }
 
 void mpt_receive_from_socket(struct mpt_dp *dp, int fd)

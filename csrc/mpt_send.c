@@ -3,9 +3,12 @@
  * The stages, in the order the functions below follow them:
  *   1. read_batch    read up to MPT_BATCH packets from the TUN device, each
  *                    behind MPT_HDR_LEN bytes of headroom for the header;
- *   2. schedule      under the path lock pick a path per packet (weighted
- *                    over bytes), number it, write the header in place and
- *                    queue it on that path;
+ *   2. schedule      under the lock find the peer (its allowed prefixes
+ *                    cover the inner destination) and its path (weighted or
+ *                    auto, within rate caps), number the packet (its flow's
+ *                    bucket and sequence), seal it and queue it on that
+ *                    path; a packet every path is too busy for waits in
+ *                    the pacing backlog, at most MPT_PACE_MAX_MS;
  *   3. flush         one sendmmsg per path, without the lock.  A full send
  *                    buffer or an error on one path drops (and counts) that
  *                    path's packets; it never holds up another path.
@@ -15,6 +18,9 @@
 #include <string.h>
 #include <unistd.h>
 #include "mpt_dp_internal.h"
+#include "mpt_flow.h"
+
+#define PACE_MAX_NS ((int64_t)MPT_PACE_MAX_MS * 1000000)
 
 static unsigned read_batch(struct mpt_dp *dp, uint32_t *lens)
 {
@@ -33,24 +39,25 @@ static unsigned read_batch(struct mpt_dp *dp, uint32_t *lens)
     return n;
 }
 
-static void queue_packet(struct mpt_dp *dp, int idx, uint8_t *pkt, uint32_t len)
+static void queue_packet(struct mpt_dp *dp, int peer, int idx, uint8_t *pkt, uint32_t len)
 {
-    struct mpt_path *p = &dp->paths[idx];
-    struct mpt_txq *q = &dp->txq[idx];
-    unsigned i = q->n++;
-    struct mpt_hdr h = {
-        .version = MPT_VERSION,
-        .type = MPT_TYPE_DATA,
-        .path = (uint8_t)idx,
-        .session = dp->session,
-        .path_seq = p->tx_path_seq++,
-        .seq = dp->tx_seq++,
-    };
-    mpt_hdr_write(pkt, &h);
+    struct mpt_peer *pe = &dp->peers[peer];
+    struct mpt_path *p = &pe->paths[idx];
+    struct mpt_txq *q = &dp->txq[peer * MPT_MAX_PATHS + idx];
+    uint32_t bucket = mpt_flow_bucket(pkt + MPT_HDR_LEN, len, MPT_FLOW_BUCKETS);
+    uint32_t n = mpt_peer_seal(pe, pkt, len, MPT_TYPE_DATA, idx, (uint16_t)bucket,
+                               pe->tx_flow_seq[bucket]++);
+    unsigned i = q->n;
+    if (n == 0) {
+        pe->counters.path[idx].tx_errors++;
+        return;
+    }
+    q->n++;
     q->fd = p->fd;
+    q->counters = &pe->counters.path[idx];
     memcpy(&q->to[i], &p->peer, p->peerlen);
     q->iov[i].iov_base = pkt;
-    q->iov[i].iov_len = MPT_HDR_LEN + len;
+    q->iov[i].iov_len = n;
     memset(&q->msgs[i].msg_hdr, 0, sizeof(q->msgs[i].msg_hdr));
     q->msgs[i].msg_hdr.msg_name = &q->to[i];
     q->msgs[i].msg_hdr.msg_namelen = p->peerlen;
@@ -63,26 +70,84 @@ static void queue_packet(struct mpt_dp *dp, int idx, uint8_t *pkt, uint32_t len)
     }
 }
 
+/* Whose packet is it: the client has one peer; a server picks by the
+ * inner destination.  -1 (counted) if nobody can take it now. */
+static int peer_of(struct mpt_dp *dp, const uint8_t *pkt, uint32_t len)
+{
+    int peer = dp->server ? mpt_peer_for_inner_dst(dp, pkt, len) : 0;
+    if (peer < 0 || !dp->peers[peer].used) {
+        dp->counters.drop_no_peer++;
+        return -1;
+    }
+    if (!dp->peers[peer].keyed) {
+        dp->peers[peer].counters.drop_no_session++;
+        return -1;
+    }
+    return peer;
+}
+
+/* Pick a path for one packet of `peer` and queue it.  Returns 0 if it was
+ * queued or dropped, or MPT_SCHED_WAIT (with *retry set) if every path is
+ * at its rate cap now. */
+static int send_one(struct mpt_dp *dp, int peer, uint8_t *buf, uint32_t len, int64_t now,
+                    int64_t *retry)
+{
+    struct mpt_peer *pe = &dp->peers[peer];
+    int idx = mpt_sched_pick(&pe->sched, len, now, retry);
+    if (idx == MPT_SCHED_WAIT)
+        return MPT_SCHED_WAIT;
+    if (idx < 0 || pe->paths[idx].fd < 0 || pe->paths[idx].peerlen == 0) {
+        pe->counters.drop_no_path++;
+        return 0;
+    }
+    queue_packet(dp, peer, idx, buf, len);
+    return 0;
+}
+
+/* Park a packet until a paced path has room; drop it if the backlog is
+ * full or its head has already waited too long (a queue that only grows
+ * is bufferbloat, the thing pacing is meant to avoid). */
+static void park(struct mpt_dp *dp, int peer, const uint8_t *buf, uint32_t len, int64_t now)
+{
+    struct mpt_backlog *b = &dp->backlog;
+    uint32_t tail;
+    if (b->n == MPT_PACE_SLOTS || (b->n && now - b->slot[b->head].since_ns > PACE_MAX_NS)) {
+        dp->peers[peer].counters.drop_pacing++;
+        return;
+    }
+    tail = (b->head + b->n) % MPT_PACE_SLOTS;
+    memcpy(b->slot[tail].buf + MPT_HDR_LEN, buf + MPT_HDR_LEN, len);
+    b->slot[tail].len = len;
+    b->slot[tail].peer = peer;
+    b->slot[tail].since_ns = now;
+    b->n++;
+}
+
 static void schedule(struct mpt_dp *dp, unsigned n, const uint32_t *lens)
 {
+    int64_t now = mpt_now_ns(), retry = 0;
     pthread_mutex_lock(&dp->lock);
     for (unsigned i = 0; i < n; i++) {
-        int idx = mpt_sched_pick(&dp->sched, lens[i]);
-        if (idx < 0 || dp->paths[idx].fd < 0 || dp->paths[idx].peerlen == 0) {
-            dp->counters.drop_no_path++;
+        int peer = peer_of(dp, dp->tx_buf[i] + MPT_HDR_LEN, lens[i]);
+        if (peer < 0)
             continue;
+        /* Behind packets already waiting: keep the order. */
+        if (dp->backlog.n || send_one(dp, peer, dp->tx_buf[i], lens[i], now, &retry)) {
+            if (!dp->backlog.n)
+                dp->backlog.retry_ns = retry;
+            park(dp, peer, dp->tx_buf[i], lens[i], now);
         }
-        queue_packet(dp, idx, dp->tx_buf[i], lens[i]);
     }
     pthread_mutex_unlock(&dp->lock);
 }
 
 static void flush(struct mpt_dp *dp)
 {
-    for (int idx = 0; idx < MPT_MAX_PATHS; idx++) {
-        struct mpt_txq *q = &dp->txq[idx];
-        struct mpt_path_counters *c = &dp->counters.path[idx];
+    for (int k = 0; k < MPT_MAX_PEERS * MPT_MAX_PATHS; k++) {
+        struct mpt_txq *q = &dp->txq[k];
         unsigned done = 0;
+        if (q->n == 0)
+            continue;
         while (done < q->n) {
             int r = sendmmsg(q->fd, q->msgs + done, q->n - done, MSG_DONTWAIT);
             if (r < 0) {
@@ -90,15 +155,45 @@ static void flush(struct mpt_dp *dp)
                     continue;
                 break; /* EAGAIN (buffer full), ENETUNREACH, ...: drop the rest */
             }
-            for (int k = 0; k < r; k++) {
-                c->tx_packets++;
-                c->tx_bytes += q->iov[done + k].iov_len - MPT_HDR_LEN;
+            for (int j = 0; j < r; j++) {
+                q->counters->tx_packets++;
+                q->counters->tx_bytes += q->iov[done + j].iov_len - MPT_HDR_LEN;
             }
             done += (unsigned)r;
         }
-        c->tx_errors += q->n - done;
+        q->counters->tx_errors += q->n - done;
         q->n = 0;
     }
+}
+
+void mpt_send_backlog(struct mpt_dp *dp, int64_t now)
+{
+    struct mpt_backlog *b = &dp->backlog;
+    unsigned queued = 0;
+    if (now < b->retry_ns)
+        return;
+    pthread_mutex_lock(&dp->lock);
+    while (b->n && queued < MPT_BATCH) {
+        int64_t retry = 0;
+        uint32_t h = b->head;
+        int peer = b->slot[h].peer;
+        if (!dp->peers[peer].keyed) {
+            dp->peers[peer].counters.drop_no_session++;
+        } else if (send_one(dp, peer, b->slot[h].buf, b->slot[h].len, now, &retry)) {
+            if (now - b->slot[h].since_ns <= PACE_MAX_NS) {
+                b->retry_ns = retry;
+                break;
+            }
+            dp->peers[peer].counters.drop_pacing++;
+        } else {
+            queued++;
+        }
+        b->head = (h + 1) % MPT_PACE_SLOTS;
+        b->n--;
+    }
+    pthread_mutex_unlock(&dp->lock);
+    /* The queued packets live in the backlog slots: send before they are reused. */
+    flush(dp);
 }
 
 void mpt_send_from_tun(struct mpt_dp *dp)

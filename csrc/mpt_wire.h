@@ -1,21 +1,30 @@
 /* Wire format of the data-plane header (16 bytes, network byte order).
  *
- *   0      1      2      4          8                 16
- *   +------+------+------+----------+-----------------+
- *   |ver|ty| path | sess | path_seq |   tunnel seq    |  payload ...
- *   +------+------+------+----------+-----------------+
+ *   0      1      2        4        6          8                  16
+ *   +------+------+--------+--------+----------+------------------+
+ *   |ver|ty|ph|pth| session| bucket | flow_seq |        seq       | payload+tag
+ *   +------+------+--------+--------+----------+------------------+
  *
  * ver  (4 bits)  MPT_VERSION; a receiver drops any other version.
- * type (4 bits)  MPT_TYPE_DATA: an inner IP packet follows;
- *                MPT_TYPE_CONTROL: a control message for the Python side.
- * path           the client's index of the path the packet travels on.
- * sess           the sender's session epoch, random per start: a change
- *                tells the receiver to restart its reorder state.
- * path_seq       per-path sequence of data packets (per-path loss).
- * seq            64-bit tunnel sequence, compared wrap-safely; the
- *                future AEAD nonce, so it must never repeat in a session.
- * A later version appends a 16-byte authentication tag: the default MTU
- * already reserves room for it (MPT_TAG_RESERVE).
+ * type (4 bits)  DATA: an inner IP packet; CONTROL: a message for the
+ *                Python side (both sealed with the session's keys);
+ *                HANDSHAKE: a key exchange message, in the clear but
+ *                authenticated by the pre-shared key (mpt/handshake.py).
+ * ph   (1 bit)   key phase: which of the receiver's two keys opens it
+ *                (rekeying flips it while packets of the old phase are
+ *                still in flight).
+ * pth  (4 bits)  the client's index of the path the packet travels on.
+ * session        the RECEIVER's session index, chosen by it in the
+ *                handshake: it picks the peer and its keys.
+ * bucket         DATA: the inner flow's hash bucket (mpt_flow.c) ...
+ * flow_seq       ... and that bucket's 16-bit sequence: the receiver
+ *                reorders each flow on its own (mpt_reorder.c).
+ * seq            64-bit packet sequence of the session and direction, +1
+ *                per DATA or CONTROL packet: the AEAD nonce (never
+ *                repeats under one key), the replay window's index, and
+ *                the paths' progress for the reorder buffer.
+ * With a cipher the whole header is the AEAD's associated data and a
+ * 16-byte tag follows the payload (MPT_TAG_LEN).
  */
 #ifndef MPT_WIRE_H
 #define MPT_WIRE_H
@@ -24,49 +33,56 @@
 #include <string.h>
 #include <endian.h>
 
-#define MPT_VERSION 1
+#define MPT_VERSION 2
 #define MPT_TYPE_DATA 0
 #define MPT_TYPE_CONTROL 1
+#define MPT_TYPE_HANDSHAKE 2
 #define MPT_HDR_LEN 16
 #define MPT_TAG_RESERVE 16
 
 struct mpt_hdr {
     uint8_t version;
     uint8_t type;
+    uint8_t phase;
     uint8_t path;
     uint16_t session;
-    uint32_t path_seq;
+    uint16_t bucket;
+    uint16_t flow_seq;
     uint64_t seq;
 };
 
 static inline void mpt_hdr_write(uint8_t *p, const struct mpt_hdr *h)
 {
-    uint16_t sess = htobe16(h->session);
-    uint32_t pseq = htobe32(h->path_seq);
+    uint16_t sess = htobe16(h->session), bucket = htobe16(h->bucket);
+    uint16_t fseq = htobe16(h->flow_seq);
     uint64_t seq = htobe64(h->seq);
     p[0] = (uint8_t)((h->version << 4) | (h->type & 0x0f));
-    p[1] = h->path;
+    p[1] = (uint8_t)(((h->phase & 1) << 7) | (h->path & 0x0f));
     memcpy(p + 2, &sess, 2);
-    memcpy(p + 4, &pseq, 4);
+    memcpy(p + 4, &bucket, 2);
+    memcpy(p + 6, &fseq, 2);
     memcpy(p + 8, &seq, 8);
 }
 
-/* Returns 0 on success, -1 when the buffer is too short for a header. */
+/* Returns 0 on success, -1 when the buffer is too short for a header or
+ * reserved bits are set. */
 static inline int mpt_hdr_read(const uint8_t *p, size_t len, struct mpt_hdr *h)
 {
-    uint16_t sess;
-    uint32_t pseq;
+    uint16_t sess, bucket, fseq;
     uint64_t seq;
-    if (len < MPT_HDR_LEN)
+    if (len < MPT_HDR_LEN || (p[1] & 0x70))
         return -1;
     h->version = p[0] >> 4;
     h->type = p[0] & 0x0f;
-    h->path = p[1];
+    h->phase = p[1] >> 7;
+    h->path = p[1] & 0x0f;
     memcpy(&sess, p + 2, 2);
-    memcpy(&pseq, p + 4, 4);
+    memcpy(&bucket, p + 4, 2);
+    memcpy(&fseq, p + 6, 2);
     memcpy(&seq, p + 8, 8);
     h->session = be16toh(sess);
-    h->path_seq = be32toh(pseq);
+    h->bucket = be16toh(bucket);
+    h->flow_seq = be16toh(fseq);
     h->seq = be64toh(seq);
     return 0;
 }

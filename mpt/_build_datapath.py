@@ -12,13 +12,14 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 CSRC = HERE.parent / "csrc"
-SOURCES = ["mpt_sched.c", "mpt_reorder.c", "mpt_pktinfo.c", "mpt_send.c", "mpt_receive.c",
-           "mpt_datapath.c"]
+SOURCES = ["mpt_sched.c", "mpt_flow.c", "mpt_reorder.c", "mpt_aead.c", "mpt_replay.c",
+           "mpt_pktinfo.c", "mpt_peer.c", "mpt_send.c", "mpt_receive.c", "mpt_datapath.c"]
 
 # The declarations Python sees are the headers' own, read at build time, so
 # they cannot drift from the C: header guards and includes are dropped
 # (cffi's cdef takes no preprocessor beyond integer #defines).
-CDEF_HEADERS = ["mpt_sched.h", "mpt_reorder.h", "mpt_datapath.h"]
+CDEF_HEADERS = ["mpt_sched.h", "mpt_flow.h", "mpt_reorder.h", "mpt_aead.h", "mpt_replay.h",
+                "mpt_datapath.h"]
 _SKIP = re.compile(r"^\s*#\s*(ifndef|endif|include|define\s+\w+_H\s*$)")
 
 
@@ -36,6 +37,7 @@ ffibuilder.cdef(cdef_source())
 
 _flags = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-pthread"]
 _link = ["-pthread"]
+_libs = ["crypto"]   # OpenSSL libcrypto: per-packet AEAD (mpt_aead.c)
 if os.environ.get("MPT_SANITIZE") == "address":
     _flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
               "-std=gnu11", "-Wall", "-Wextra", "-pthread"]
@@ -48,13 +50,13 @@ _path = str if _direct else os.path.relpath
 
 ffibuilder.set_source(
     "mpt._datapath",
-    '#include "mpt_datapath.h"\n#include "mpt_reorder.h"\n#include "mpt_sched.h"\n'
-    '#include "mpt_wire.h"\n',
+    "".join(f'#include "{h}"\n' for h in CDEF_HEADERS + ["mpt_wire.h"]),
     depends=[_path(p) for p in sorted(CSRC.glob("*.h"))],
     sources=[_path(CSRC / s) for s in SOURCES],
     include_dirs=[_path(CSRC)],
     extra_compile_args=_flags,
     extra_link_args=_link,
+    libraries=_libs,
 )
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
 """mptd: asyncio (uvloop) wiring of config, TUN device, path sockets, the C
 datapath, path health, netlink and the control socket.
 
-Python sets policy and answers control packets; the C thread moves data.
+Python sets policy, runs the session handshakes (mpt/handshake.py) and
+answers control packets; the C thread moves, seals and opens every packet.
 A watch tick every WATCH_TICK reads the datapath's counters and drives the
-path state machines (mpt/path.py): probes, silence, stalls.
+handshakes and the path state machines (mpt/path.py): probes, silence,
+stalls.
+
+A client has one peer (the server).  A server has one Peer per client
+router ([peer NAME] sections, or one implicit peer): each has its own
+session, keys, paths, and inner prefixes.
 """
 from __future__ import annotations
 
@@ -18,9 +24,10 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from . import control, keyfile, mptcp, netlink, nft, scheduler, tcpproxy, wire
-from .config import TunnelConfig
-from .datapath import MAX_PATHS, Datapath, socket_address, unpack_sockaddr
+from . import cipher as ciphers
+from . import control, handshake, mptcp, netlink, nft, scheduler, tcpproxy, wire
+from .config import IMPLICIT_PEER, TunnelConfig
+from .datapath import MAX_PATHS, MAX_PEERS, Datapath, socket_address, unpack_sockaddr
 from .path import HealthConfig, PathHealth, State, StallDetector
 from .sockopt import IP_PKTINFO, big_buffers
 from .tun import Tun, interface_mtu
@@ -34,6 +41,9 @@ IN_USE_WINDOW = 0.5         # a path that sent data this recently is "in use"
 TABLE_BASE = 1000           # default routing table of path i: TABLE_BASE + i
 MAX_WEIGHT = 1000.0         # as in tunnel.conf
 MPTCP_SUBFLOWS = 8          # per-connection limit of the kernel's path manager
+NO_KEY = bytes(32)          # the "pre-shared key" of cipher = none without a key file
+HANDSHAKE_RESTART = 5.0     # an unanswered new-session handshake starts afresh this often
+HANDSHAKE_LOG_EVERY = 10.0  # at most one log line about refused handshakes this often
 
 
 def _printable(name: str) -> str:
@@ -63,6 +73,7 @@ class Path:
     index: int
     name: str
     weight: float
+    peer_index: int = 0                       # the datapath peer it belongs to
     priority: int = 0
     health: PathHealth | None = None
     interface: str | None = None
@@ -85,10 +96,37 @@ class Path:
     endpoint_generation: int = 0               # client: MPTCP endpoint id rotation
     peer_tx: int = 0                           # the other side's counters for this path
     peer_rx: int = 0
+    tx_bytes: int = 0                          # our counters for it, at the last tick
+    rx_bytes: int = 0
 
     @property
     def usable(self) -> bool:
         return self.health.usable
+
+
+@dataclass
+class Peer:
+    """The other end of a session: the server (on a client) or one client
+    router (on a server)."""
+    index: int                                  # in the datapath
+    name: str
+    psk: bytes = field(repr=False)
+    allowed: tuple = ()
+    paths: dict[int, Path] = field(default_factory=dict)
+    table: list = field(default_factory=list)
+    hold: float = scheduler.DEFAULT_HOLD
+    local_index: int = 0                        # ours, in the headers it sends us
+    remote_index: int = 0                       # its, in the headers we send it
+    phase: int = 0                              # key phase we send with (after the switch)
+    keys: handshake.SessionKeys | None = None
+    keyed_at: float = 0.0                       # when the current keys were installed
+    heard: float = 0.0                          # last authenticated control packet
+    # client: the handshake in progress, if any
+    initiator: handshake.Initiator | None = None
+    init_sent: float = -math.inf
+    init_started: float = 0.0
+    rekeying: bool = False
+    tx_at_key: int = 0                          # packets sent when the keys were installed
 
 
 def _pktinfo(local: tuple[int, bytes]) -> list:
@@ -110,10 +148,10 @@ class Daemon:
     def __init__(self, cfg: TunnelConfig):
         self.cfg = cfg
         self.server = cfg.role == "server"
-        self.session = secrets.randbelow(0xFFFF) + 1
+        self.cipher = ciphers.NAMES[ciphers.resolve(cfg.cipher)]
         self.hcfg = HealthConfig(cfg.probe_interval, cfg.idle_probe_interval, cfg.dead_after,
                                  cfg.hold_down)
-        self.paths: dict[int, Path] = {}
+        self.peers: dict[int, Peer] = {}
         self.tun: Tun | None = None
         self.dp: Datapath | None = None
         self.nl: netlink.Netlink | None = None
@@ -121,13 +159,33 @@ class Daemon:
         self.listen_sock: socket.socket | None = None
         self.ctrl_rx: socket.socket | None = None
         self.ctrl_tx: socket.socket | None = None
-        self.hold = scheduler.hold_time(cfg.hold_time, [])
+        self.responders: dict[int, handshake.Responder] = {}
+        self.answered: dict[int, tuple[bytes, bytes]] = {}   # peer -> (last init, response)
         self.started = time.monotonic()
         self.bad_control = 0
+        self.bad_handshakes = 0
+        self.bad_handshakes_logged = 0
+        self.last_handshake_log = -math.inf
         self.stopping: asyncio.Event | None = None
-        self.table: list = []
         self.proxy: tcpproxy.ClientProxy | tcpproxy.ServerProxy | None = None
         self.nft_installed = False
+
+    @property
+    def paths(self) -> dict[int, Path]:
+        """The client's paths (its one peer's)."""
+        return self.peers[0].paths
+
+    def _all_paths(self):
+        for peer in self.peers.values():
+            yield from peer.paths.values()
+
+    def _new_index(self) -> int:
+        """A session index no other peer uses (the peer's packets name it)."""
+        used = {p.local_index for p in self.peers.values()}
+        while True:
+            index = secrets.randbelow(0xFFFF) + 1
+            if index not in used:
+                return index
 
     # -- setup ---------------------------------------------------------------
 
@@ -135,22 +193,42 @@ class Daemon:
         """Create the device, sockets, routing and datapath.  Called before
         the event loop starts (pyroute2's IPRoute cannot run inside one)."""
         cfg = self.cfg
+        if self.cipher == ciphers.NAMES["none"]:
+            log.warning("cipher = none: the tunnel is neither encrypted nor authenticated; "
+                        "anyone who can reach its port can send into the LAN")
         self.mtu = cfg.mtu or default_mtu(cfg)
+        routes = list(cfg.routes)
+        if self.server:
+            routes += [n for pc in cfg.peers for n in pc.allowed
+                       if pc.name != IMPLICIT_PEER and n not in routes]
         self.tun = Tun(cfg.name)
-        self.tun.configure(self.mtu, cfg.addresses, cfg.routes)
+        self.tun.configure(self.mtu, cfg.addresses, tuple(routes))
         self.ctrl_rx, self.ctrl_tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.ctrl_rx.setblocking(False)
         self.ctrl_tx.setblocking(False)
         if self.server:
             self._open_listen()
         listen_fd = self.listen_sock.fileno() if self.server else -1
-        self.dp = Datapath(self.tun.fd, self.ctrl_tx.fileno(), listen_fd, self.session,
-                           self.hold, self._alive_window())
-        if not self.server:
+        self.dp = Datapath(self.tun.fd, self.ctrl_tx.fileno(), listen_fd,
+                           scheduler.hold_time(cfg.hold_time, [], cfg.max_hold),
+                           self._alive_window())
+        if self.server:
+            if len(cfg.peers) > MAX_PEERS:
+                raise RuntimeError(f"at most {MAX_PEERS} [peer] sections are supported")
+            for i, pc in enumerate(cfg.peers):
+                peer = self.peers[i] = Peer(i, pc.name, pc.key or NO_KEY, pc.allowed)
+                peer.local_index = self._new_index()
+                self.dp.add_peer(i, pc.allowed)
+                self.dp.set_sched_mode(i, cfg.scheduler)
+                self.responders[i] = handshake.Responder({pc.name: peer.psk}, self.cipher)
+        else:
+            peer = self.peers[0] = Peer(0, "server", cfg.key_bytes or NO_KEY)
+            self.dp.add_peer(0, ())
+            self.dp.set_sched_mode(0, cfg.scheduler)
             self.nl = netlink.Netlink()
             for i, pc in enumerate(cfg.paths):
                 fam = netlink.AF_INET6 if pc.peer.host.version == 6 else netlink.AF_INET
-                p = self.paths[i] = Path(
+                p = peer.paths[i] = Path(
                     index=i, name=pc.name, weight=pc.weight, priority=pc.priority,
                     health=PathHealth(self.hcfg, since=time.monotonic()),
                     interface=pc.interface,
@@ -160,6 +238,8 @@ class Daemon:
                         table=pc.table or TABLE_BASE + i, interface=pc.interface,
                         local=str(pc.local) if pc.local else None, family=fam,
                         gateway=str(pc.gateway) if pc.gateway else None))
+                if pc.rate_bps:
+                    self.dp.set_rate(0, i, pc.rate_bps)
                 self.nl.run(netlink.learn_routes, p.routes)
                 self.nl.run(netlink.install, p.routes)
                 self._open_path_socket(p)
@@ -172,7 +252,7 @@ class Daemon:
         one MPTCP connection per LAN connection, one subflow per WAN path;
         the server accepts them (mpt/tcpproxy.py)."""
         cfg = self.cfg
-        key = keyfile.load_key(cfg.key)
+        key = cfg.key_bytes
         if self.nl is None:
             self.nl = netlink.Netlink()
         self.nl.run(mptcp.set_limits, MPTCP_SUBFLOWS, MPTCP_SUBFLOWS)
@@ -236,46 +316,51 @@ class Daemon:
             return False
         _tune(s)
         old, p.sock, p.last_error = p.sock, s, None
-        self.dp.set_path(p.index, s.fileno(), p.peer, p.weight, False)
+        self.dp.set_path(0, p.index, s.fileno(), p.peer, p.weight, False)
         if old is not None:
             self.dp.sync()
             old.close()
-        self.table = []   # force a push of the full table
-        self._push_table()
+        peer = self.peers[0]
+        peer.table = []   # force a push of the full table
+        self._push_table(peer)
         return True
 
     # -- policy ----------------------------------------------------------------
 
-    def _push_table(self) -> None:
-        table = scheduler.path_table(self.paths.values())
-        if table != self.table:
+    def _push_table(self, peer: Peer) -> None:
+        table = scheduler.path_table(peer.paths.values())
+        if table != peer.table:
             now = time.monotonic()
             for e in table:
-                if e.active and not self._active(e.index):
-                    self.paths[e.index].stall.restart(now)
-                p = self.paths[e.index]
+                p = peer.paths[e.index]
+                if e.active and not self._active(peer, e.index):
+                    p.stall.restart(now)
                 if self.server:
-                    fd, peer = self.listen_sock.fileno(), None
+                    fd, addr = self.listen_sock.fileno(), None
                 else:
-                    fd, peer = (p.sock.fileno() if p.sock else -1), p.peer
-                self.dp.set_path(e.index, fd, peer, e.weight, e.active)
-            self.table = table
+                    fd, addr = (p.sock.fileno() if p.sock else -1), p.peer
+                self.dp.set_path(peer.index, e.index, fd, addr, e.weight, e.active)
+            peer.table = table
         # every path's last known RTT: a path that just failed may still
         # have packets in flight, and the hold time must not jump then
-        rtts = [p.health.rtt.srtt for p in self.paths.values() if p.health.rtt.srtt is not None]
-        hold = scheduler.hold_time(self.cfg.hold_time, rtts)
-        if abs(hold - self.hold) > 0.001:
-            self.hold = hold
-            self.dp.set_hold(hold, self._alive_window())
+        rtts = [p.health.rtt.srtt for p in peer.paths.values() if p.health.rtt.srtt is not None]
+        jitter = max((p.health.rtt.rttvar or 0.0 for e in peer.table if e.active
+                      for p in [peer.paths[e.index]]), default=0.0)
+        hold = scheduler.hold_time(self.cfg.hold_time, rtts, self.cfg.max_hold, jitter)
+        if abs(hold - peer.hold) > 0.001:
+            peer.hold = hold
+            self.dp.set_hold(peer.index, hold, self._alive_window())
 
-    def _active(self, index: int) -> bool:
+    @staticmethod
+    def _active(peer: Peer, index: int) -> bool:
         """Scheduled to carry data (both sides compute the same table)."""
-        return any(e.index == index and e.active for e in self.table)
+        return any(e.index == index and e.active for e in peer.table)
 
-    def _share(self, p: Path) -> float:
+    @staticmethod
+    def _share(peer: Peer, p: Path) -> float:
         """p's weight over the other scheduled paths' weight (both sides
         know the weights: the client announces them)."""
-        others = sum(e.weight for e in self.table if e.active and e.index != p.index)
+        others = sum(e.weight for e in peer.table if e.active and e.index != p.index)
         return p.weight / others if others > 0 else 0.0
 
     def _usable_mask(self) -> int:
@@ -283,32 +368,161 @@ class Daemon:
 
     def _state_changed(self, p: Path, new: State, why: str) -> None:
         log.info("path %s %s (%s)", p.name, new.value, why)
-        self._push_table()
+        peer = self.peers[p.peer_index]
+        self._push_table(peer)
         if not self.server:
             # tell the server at once, on every path that works
             now = time.monotonic()
-            for q in self.paths.values():
+            for q in peer.paths.values():
                 if q.usable or q is p:
                     self._probe(q, now)
+
+    # -- handshakes ------------------------------------------------------------
+
+    def _send_handshake(self, p: Path, body: bytes) -> None:
+        pkt = wire.handshake_header(p.index) + body
+        try:
+            if self.server:
+                self.listen_sock.sendmsg([pkt], _pktinfo(p.reply_from), 0, p.reply_to)
+            elif p.sock is not None:
+                p.sock.sendto(pkt, p.peer)
+        except OSError as e:
+            log.debug("path %s: handshake not sent: %s", p.name, e.strerror)
+
+    def _handshake_tick(self, now: float) -> None:
+        """Client: start a session, rekey it in time, start over when the
+        server has gone silent (it restarted, or lost our session)."""
+        peer = self.peers[0]
+        dead_after = max(0.5, 2 * self.cfg.idle_probe_interval)
+        dead = peer.keys is None or (now - max(peer.heard, peer.keyed_at) > dead_after)
+        sent = sum(c["tx_packets"] + c["ctrl_tx"] for c in self.dp.counters(0)["path"])
+        rekey = peer.keys is not None and (
+            now - peer.keyed_at >= self.cfg.rekey_interval
+            or sent - peer.tx_at_key >= handshake.REKEY_AFTER_PACKETS)
+        if peer.initiator is not None and peer.rekeying and dead:
+            peer.initiator = None      # a rekey cannot help a session the server lost
+        if peer.initiator is None and (dead or rekey):
+            index = peer.local_index if not dead else self._new_index_client(peer)
+            peer.initiator = handshake.Initiator(peer.psk, index, self.cipher)
+            peer.rekeying, peer.init_started, peer.init_sent = not dead, now, -math.inf
+        elif (peer.initiator is not None and not peer.rekeying
+              and now - peer.init_started > HANDSHAKE_RESTART):
+            peer.initiator.restart()   # a fresh attempt: nothing to keep consistent
+            peer.init_started, peer.init_sent = now, -math.inf
+        if peer.initiator is not None and now - peer.init_sent >= handshake.HANDSHAKE_RETRY_S:
+            peer.init_sent = now
+            for p in peer.paths.values():
+                if p.health.link_ok:
+                    self._send_handshake(p, peer.initiator.init_message())
+
+    def _new_index_client(self, peer: Peer) -> int:
+        index = peer.local_index
+        while index == peer.local_index:
+            index = secrets.randbelow(0xFFFF) + 1
+        return index
+
+    def _on_handshake(self, fd: int, pkt: bytes, src, reply_to, raw_addr, local) -> None:
+        body = pkt[wire.HDR_LEN:]
+        try:
+            kind = handshake.message_kind(body)
+            if self.server and kind == "init":
+                self._server_handshake(body, src, reply_to, raw_addr, local,
+                                       wire.parse_header(pkt)[2])
+            elif not self.server and kind == "response":
+                self._client_handshake(fd, body)
+            else:
+                raise handshake.HandshakeError(f"unexpected handshake {kind}")
+        except handshake.HandshakeError as e:
+            self._handshake_failed(src, str(e))
+
+    def _handshake_failed(self, src, why: str) -> None:
+        """Count, and log at most every HANDSHAKE_LOG_EVERY: a flood of
+        forged handshakes must not become a flood of log lines."""
+        self.bad_handshakes += 1
+        now = time.monotonic()
+        if now - self.last_handshake_log >= HANDSHAKE_LOG_EVERY:
+            more = self.bad_handshakes - self.bad_handshakes_logged - 1
+            log.warning("handshake from %s:%d refused: %s%s", *(src or ("?", 0)), why,
+                        f" (and {more} more refused since the last report)" if more else "")
+            self.last_handshake_log = now
+            self.bad_handshakes_logged = self.bad_handshakes
+
+    def _client_handshake(self, fd: int, body: bytes) -> None:
+        peer = self.peers[0]
+        if peer.initiator is None:
+            return   # a duplicate of a response already used
+        keys = peer.initiator.receive_response(body)
+        now = time.monotonic()
+        if peer.rekeying:
+            peer.phase ^= 1
+            self.dp.set_keys(0, peer.phase, keys.tx_data, keys.rx_data, True)
+            log.info("session rekeyed (key phase %d)", peer.phase)
+        else:
+            self.dp.set_session(0, keys.local_index, keys.remote_index, keys.cipher)
+            self.dp.set_keys(0, 0, keys.tx_data, keys.rx_data, True)
+            peer.phase, peer.local_index, peer.remote_index = 0, keys.local_index, keys.remote_index
+            log.info("session %d established with the server (%s)", keys.local_index,
+                     handshake.CIPHER_NAMES[keys.cipher])
+        peer.keys, peer.keyed_at, peer.initiator = keys, now, None
+        peer.tx_at_key = sum(c["tx_packets"] + c["ctrl_tx"] for c in self.dp.counters(0)["path"])
+        for p in peer.paths.values():   # the server learns our paths from probes
+            if p.health.link_ok:
+                self._probe(p, now)
+
+    def _server_handshake(self, body: bytes, src, reply_to, raw_addr, local, idx: int) -> None:
+        for i, responder in self.responders.items():
+            peer = self.peers[i]
+            last = self.answered.get(i)
+            if last is not None and last[0] == body:
+                response = last[1]        # a resent init: same answer, nothing else
+                break
+            try:
+                response, keys = responder.receive_init(body, peer.local_index)
+            except handshake.CipherMismatch as e:
+                self._reply_handshake(idx, raw_addr, reply_to, local, e.response)
+                raise
+            except handshake.HandshakeError as e:
+                if "no configured peer key" in str(e):
+                    continue
+                raise
+            responder.confirm(peer.local_index)   # our index is fixed per peer
+            self.answered[i] = (body, response)
+            if peer.keys is not None and keys.remote_index == peer.remote_index:
+                # a rekey: new keys in the other phase; we send with them once
+                # the client does (it has them when it sends with them)
+                peer.phase ^= 1
+                self.dp.set_keys(i, peer.phase, keys.tx_data, keys.rx_data, False)
+                log.info("peer %s: session rekeyed (key phase %d)", peer.name, peer.phase)
+            else:
+                self.dp.set_session(i, peer.local_index, keys.remote_index, keys.cipher)
+                self.dp.set_keys(i, 0, keys.tx_data, keys.rx_data, True)
+                peer.phase, peer.remote_index = 0, keys.remote_index
+                log.info("peer %s: session established from %s:%d (%s)", peer.name, *src,
+                         handshake.CIPHER_NAMES[keys.cipher])
+            peer.keys, peer.keyed_at = keys, time.monotonic()
+            break
+        else:
+            raise handshake.HandshakeError("no configured peer key verifies it")
+        self._reply_handshake(idx, raw_addr, reply_to, local, response)
+
+    def _reply_handshake(self, idx: int, raw_addr, reply_to, local, response: bytes) -> None:
+        pkt = wire.handshake_header(idx) + response
+        try:
+            self.listen_sock.sendmsg([pkt], _pktinfo(local), 0, reply_to)
+        except OSError as e:
+            log.debug("handshake response not sent: %s", e.strerror)
 
     # -- control packets ---------------------------------------------------------
 
     def _send(self, p: Path, kind: str, **fields) -> None:
-        c = self.dp.path_counters(p.index)
-        pkt = wire.build_control(p.index, self.session, kind=kind, weight=p.weight,
-                                 priority=p.priority, sent_ns=time.monotonic_ns(),
-                                 tx_packets=c["tx_packets"], rx_packets=c["rx_packets"],
-                                 name=p.name, **fields)
-        sock = self.listen_sock if self.server else p.sock
-        if sock is None:
-            return
-        try:
-            if self.server:
-                sock.sendmsg([pkt], _pktinfo(p.reply_from), 0, p.reply_to)
-            else:
-                sock.sendto(pkt, p.peer)
-        except OSError as e:
-            log.debug("path %s: %s not sent: %s", p.name, kind, e.strerror)
+        c = self.dp.path_counters(p.peer_index, p.index)
+        body = wire.build_control(kind=kind, weight=p.weight, priority=p.priority,
+                                  sent_ns=time.monotonic_ns(),
+                                  tx_packets=c["tx_packets"], rx_packets=c["rx_packets"],
+                                  tx_bytes=c["tx_bytes"], rx_bytes=c["rx_bytes"],
+                                  name=p.name, **fields)
+        if not self.dp.send_control(p.peer_index, p.index, body):
+            log.debug("path %s: %s not sent", p.name, kind)
 
     def _probe(self, p: Path, now: float) -> None:
         p.last_probe = now
@@ -319,9 +533,9 @@ class Daemon:
                    usable=self._usable_mask(),
                    rtt_us=min(2**32 - 1, int(srtt * 1e6)) if srtt else 0)
 
-    def _report_stall(self, p: Path) -> None:
+    def _report_stall(self, peer: Peer, p: Path) -> None:
         """Tell the peer its data stopped arriving on p, over the other paths."""
-        for q in self.paths.values():
+        for q in peer.paths.values():
             if q is not p and (q.usable if not self.server else q.client_usable):
                 self._send(q, "stall", about=p.index)
 
@@ -335,46 +549,56 @@ class Daemon:
             if len(data) < meta_len + wire.HDR_LEN:
                 self.bad_control += 1
                 continue
-            fd, alen, raw, local_family, local = wire.CTRL_META.unpack_from(data)
+            fd, peer_index, alen, raw, local_family, local = wire.CTRL_META.unpack_from(data)
             src = unpack_sockaddr(raw[:alen])
             reply_to = socket_address(raw[:alen])
             pkt = data[meta_len:]
+            if src is None:
+                self.bad_control += 1
+                continue
+            if peer_index < 0:
+                self._on_handshake(fd, pkt, src, reply_to, raw[:alen], (local_family, local))
+                continue
+            peer = self.peers.get(peer_index)
             try:
-                _, _, idx, _, _, _ = wire.parse_header(pkt)
+                _, _, idx, _, _ = wire.parse_header(pkt)
                 msg = wire.parse_control(pkt)
             except Exception:  # construct raises many kinds on garbage
                 self.bad_control += 1
                 continue
-            if src is None or idx >= MAX_PATHS:
+            if peer is None or idx >= MAX_PATHS:
                 self.bad_control += 1
                 continue
+            peer.heard = time.monotonic()
             if self.server:
-                self._server_control(idx, src, reply_to, raw[:alen], (local_family, local), msg)
+                self._server_control(peer, idx, src, reply_to, raw[:alen],
+                                     (local_family, local), msg)
             else:
                 self._client_control(idx, fd, msg)
 
-    def _server_control(self, idx: int, src, reply_to, raw_addr: bytes, local, msg) -> None:
+    def _server_control(self, peer: Peer, idx: int, src, reply_to, raw_addr: bytes, local,
+                        msg) -> None:
         now = time.monotonic()
-        p = self.paths.get(idx)
+        p = peer.paths.get(idx)
         if msg.kind == "stall":
-            q = self.paths.get(msg.about)
+            q = peer.paths.get(msg.about)
             if q is not None and q.client_usable:
                 q.client_usable = False     # until the client's next mask says otherwise
-                self._server_tick(q, now)
+                self._server_tick(peer, q, now)
             return
         if msg.kind != "probe" or not (0 < msg.weight <= MAX_WEIGHT and math.isfinite(msg.weight)):
             self.bad_control += 1
             return
         msg.name = _printable(msg.name)
         if p is None:
-            p = self.paths[idx] = Path(index=idx, name=msg.name, weight=msg.weight,
-                                       priority=msg.priority,
+            p = peer.paths[idx] = Path(index=idx, name=msg.name, weight=msg.weight,
+                                       priority=msg.priority, peer_index=peer.index,
                                        health=PathHealth(self.hcfg, since=now))
-            log.info("path %s (%d) learned from %s:%d", msg.name, idx, *src)
+            log.info("peer %s: path %s (%d) learned from %s:%d", peer.name, msg.name, idx, *src)
         elif p.peer is not None and p.peer != src:
-            log.info("path %s moved %s:%d -> %s:%d", p.name, *p.peer, *src)
+            log.info("peer %s: path %s moved %s:%d -> %s:%d", peer.name, p.name, *p.peer, *src)
         if p.peer != src or p.reply_from != local:   # new path, or the client moved (DHCP, NAT)
-            self.dp.set_peer(idx, self.listen_sock.fileno(), raw_addr, local)
+            self.dp.set_peer(peer.index, idx, self.listen_sock.fileno(), raw_addr, local)
             p.reply_from = local
         p.name, p.weight, p.priority, p.peer = msg.name, msg.weight, msg.priority, src
         p.reply_to = reply_to
@@ -382,9 +606,9 @@ class Daemon:
         p.peer_tx, p.peer_rx = msg.tx_packets, msg.rx_packets
         if msg.rtt_us:
             p.health.rtt.srtt = msg.rtt_us / 1e6
-        for q in self.paths.values():
+        for q in peer.paths.values():
             q.client_usable = bool(msg.usable >> q.index & 1)
-            self._server_tick(q, now)
+            self._server_tick(peer, q, now)
         self._send(p, "reply", echo_ns=msg.sent_ns)
 
     def _client_control(self, idx: int, fd: int, msg) -> None:
@@ -450,36 +674,43 @@ class Daemon:
     # -- timers ------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        """Every WATCH_TICK: counters → in-use, data arrivals, stalls; path
-        state machines; probes due."""
+        """Every WATCH_TICK: handshakes due; counters → in-use, data
+        arrivals, stalls; path state machines; probes due."""
         while True:
             if self.dp.failed():
                 raise RuntimeError(f"datapath stopped: {os.strerror(self.dp.failed())}")
             now = time.monotonic()
-            counters = self.dp.counters()["path"]
-            total = sum(counters[p.index]["rx_packets"] for p in self.paths.values())
-            for p in list(self.paths.values()):
-                c = counters[p.index]
-                if c["tx_packets"] != p.last_tx:
-                    p.last_tx, p.last_tx_change = c["tx_packets"], now
-                if c["rx_packets"] != p.last_rx:
-                    p.last_rx = c["rx_packets"]
-                    p.health.on_data(now)
-                    p.heard = now
-                p.stall.update(now, p.last_rx, total)
-            for p in list(self.paths.values()):
-                # a path the peer schedules no data on (a standby backup) may go quiet
-                if self._active(p.index) and p.stall.stalled(now, total, self._share(p)):
-                    self._on_stall_detected(p, now)
-                if self.server:
-                    self._server_tick(p, now)
-                else:
-                    self._client_tick(p, now)
+            if not self.server:
+                self._handshake_tick(now)
+            for peer in self.peers.values():
+                self._watch_peer(peer, now)
             await asyncio.sleep(WATCH_TICK)
 
-    def _on_stall_detected(self, p: Path, now: float) -> None:
+    def _watch_peer(self, peer: Peer, now: float) -> None:
+        counters = self.dp.counters(peer.index)["path"]
+        total = sum(counters[p.index]["rx_packets"] for p in peer.paths.values())
+        for p in list(peer.paths.values()):
+            c = counters[p.index]
+            p.tx_bytes, p.rx_bytes = c["tx_bytes"], c["rx_bytes"]
+            if c["tx_packets"] != p.last_tx:
+                p.last_tx, p.last_tx_change = c["tx_packets"], now
+            if c["rx_packets"] != p.last_rx:
+                p.last_rx = c["rx_packets"]
+                p.health.on_data(now)
+                p.heard = now
+            p.stall.update(now, p.last_rx, total)
+        for p in list(peer.paths.values()):
+            # a path the peer schedules no data on (a standby backup) may go quiet
+            if self._active(peer, p.index) and p.stall.stalled(now, total, self._share(peer, p)):
+                self._on_stall_detected(peer, p, now)
+            if self.server:
+                self._server_tick(peer, p, now)
+            else:
+                self._client_tick(p, now)
+
+    def _on_stall_detected(self, peer: Peer, p: Path, now: float) -> None:
         log.info("path %s: data stopped arriving while other paths deliver", p.name)
-        self._report_stall(p)
+        self._report_stall(peer, p)
         if not self.server:
             new = p.health.on_stall(now)
             if new:
@@ -494,12 +725,12 @@ class Daemon:
         if new:
             self._state_changed(p, new, f"silent for {h.dead_time():.2f} s"
                                 if new is State.DOWN else "hold-down over")
-        if h.probe_due(now, p.last_probe):
+        if h.probe_due(now, p.last_probe) and self.peers[0].keys is not None:
             self._probe(p, now)
         h.loss_out.sample(now, p.last_tx, p.peer_rx)
         h.loss_in.sample(now, p.peer_tx, p.last_rx)
 
-    def _server_tick(self, p: Path, now: float) -> None:
+    def _server_tick(self, peer: Peer, p: Path, now: float) -> None:
         """The server follows the client: a path carries return traffic while
         the client says it is usable and it is not silent."""
         fresh = now - p.heard <= self.cfg.dead_after * p.interval
@@ -512,41 +743,60 @@ class Daemon:
 
     # -- status and commands -------------------------------------------------------
 
+    def _path_status(self, peer: Peer, p: Path, pc: dict, total_tx: int) -> dict:
+        h = p.health
+        local = None
+        sock = p.sock if not self.server else self.listen_sock
+        if sock is not None:
+            host, port = sock.getsockname()[:2]
+            local = f"{host}:{port}"
+        addr = self.dp.peer_address(peer.index, p.index) if self.server else p.peer
+        srtt = h.rtt.srtt
+        return {
+            "name": p.name, "index": p.index, "peer": peer.name, "device": p.interface,
+            "local": local, "remote": f"{addr[0]}:{addr[1]}" if addr else None,
+            "state": h.state.value,
+            "active": self._active(peer, p.index),
+            "weight": p.weight, "priority": p.priority,
+            "rtt_ms": round(srtt * 1e3, 3) if srtt else None,
+            "rttvar_ms": round(h.rtt.rttvar * 1e3, 3) if h.rtt.rttvar else None,
+            "loss_out": round(h.loss_out.loss, 4) if h.loss_out.loss is not None else None,
+            "loss_in": round(h.loss_in.loss, 4) if h.loss_in.loss is not None else None,
+            "share": round(pc["tx_bytes"] / total_tx, 4),
+            "flaps": h.flaps,
+            **pc,
+            "error": p.last_error,
+        }
+
     def status(self) -> dict:
-        c = self.dp.counters()
-        paths = []
-        total_tx = sum(c["path"][p.index]["tx_bytes"] for p in self.paths.values()) or 1
-        for p in sorted(self.paths.values(), key=lambda p: p.index):
-            pc = c["path"][p.index]
-            h = p.health
-            local = None
-            sock = p.sock if not self.server else self.listen_sock
-            if sock is not None:
-                host, port = sock.getsockname()[:2]
-                local = f"{host}:{port}"
-            peer = self.dp.peer(p.index) if self.server else p.peer
-            srtt = h.rtt.srtt
-            paths.append({
-                "name": p.name, "index": p.index, "device": p.interface,
-                "local": local, "remote": f"{peer[0]}:{peer[1]}" if peer else None,
-                "state": h.state.value,
-                "active": self._active(p.index),
-                "weight": p.weight, "priority": p.priority,
-                "rtt_ms": round(srtt * 1e3, 3) if srtt else None,
-                "rttvar_ms": round(h.rtt.rttvar * 1e3, 3) if h.rtt.rttvar else None,
-                "loss_out": round(h.loss_out.loss, 4) if h.loss_out.loss is not None else None,
-                "loss_in": round(h.loss_in.loss, 4) if h.loss_in.loss is not None else None,
-                "share": round(pc["tx_bytes"] / total_tx, 4),
-                "flaps": h.flaps,
-                **pc,
-                "error": p.last_error,
-            })
-        glob = {k: v for k, v in c.items() if k != "path"}
+        glob = self.dp.counters(-1)
+        del glob["path"]
+        paths, peers = [], []
+        for peer in self.peers.values():
+            c = self.dp.counters(peer.index)
+            total_tx = sum(c["path"][p.index]["tx_bytes"] for p in peer.paths.values()) or 1
+            for p in sorted(peer.paths.values(), key=lambda p: p.index):
+                paths.append(self._path_status(peer, p, c["path"][p.index], total_tx))
+            for k, v in c.items():
+                if k != "path":
+                    glob[k] += v
+            peers.append({"name": peer.name, "session": peer.local_index,
+                          "established": peer.keys is not None,
+                          "key_age_s": round(time.monotonic() - peer.keyed_at, 3)
+                          if peer.keys else None,
+                          "key_phase": peer.phase,
+                          "allowed": [str(n) for n in peer.allowed],
+                          "hold_ms": round(peer.hold * 1e3, 3),
+                          "counters": {k: v for k, v in c.items() if k != "path"}})
         glob["drop_bad_control"] = self.bad_control
-        return {"tunnel": self.cfg.name, "role": self.cfg.role, "session": self.session,
-                "mtu": self.mtu, "hold_ms": round(self.hold * 1e3, 3),
+        glob["handshakes_refused"] = self.bad_handshakes
+        return {"tunnel": self.cfg.name, "role": self.cfg.role,
+                "cipher": handshake.CIPHER_NAMES[self.cipher],
+                "session": self.peers[0].local_index if not self.server else None,
+                "mtu": self.mtu,
+                "hold_ms": round(max(p.hold for p in self.peers.values()) * 1e3, 3),
                 "uptime": round(time.monotonic() - self.started, 3),
-                "paths": paths, "counters": glob,
+                "peers": peers, "paths": paths, "counters": glob,
                 "tcp": self.proxy.status() if self.proxy else None}
 
     def _handle(self, req: dict) -> dict:
@@ -627,14 +877,14 @@ class Daemon:
             self.dp.close()
             self.dp = None
         if self.nl is not None:
-            for p in self.paths.values():
+            for p in self._all_paths():
                 if p.routes is not None:
                     self.nl.run(netlink.remove, p.routes)
             if self.proxy is not None and not self.server:
                 self.nl.run(mptcp.remove_endpoints, list(self.paths))
             self.nl.close()
             self.nl = None
-        for p in self.paths.values():
+        for p in self._all_paths():
             if p.sock is not None:
                 p.sock.close()
         for s in (self.listen_sock, self.ctrl_rx, self.ctrl_tx):

@@ -33,13 +33,16 @@ def path_table(paths) -> list[PathEntry]:
     return [PathEntry(p.index, p.weight, p in usable and p.priority == best) for p in paths]
 
 
-def hold_time(configured: float | None, rtts: list[float]) -> float:
+def hold_time(configured: float | None, rtts: list[float], max_hold: float = MAX_HOLD,
+              jitter: float = 0.0) -> float:
     """The reorder hold time: the configured one, else one derived from the
     spread of the paths' RTTs (one-way spread is about half the RTT spread;
-    doubled for jitter, plus a margin), else DEFAULT_HOLD."""
+    doubled for safety), plus twice the largest RTT variation (jitter) and a
+    margin, at most max_hold; DEFAULT_HOLD (bounded too) while fewer than
+    two RTTs are known."""
     if configured is not None:
         return configured
     if len(rtts) < 2:
-        return DEFAULT_HOLD
+        return min(max_hold, DEFAULT_HOLD)
     spread = (max(rtts) - min(rtts)) / 2
-    return min(MAX_HOLD, max(MIN_HOLD, 2 * spread + 0.010))
+    return min(max_hold, max(MIN_HOLD, 2 * spread + 2 * jitter + 0.010))

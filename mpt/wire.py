@@ -1,8 +1,8 @@
 """Wire formats.
 
-The 16-byte data-plane header is parsed in C (csrc/mpt_wire.h); Python
-builds it only for the few control packets it sends, with a precompiled
-struct.  Control message bodies are defined with construct: they are a
+The 16-byte header is parsed and written in C (csrc/mpt_wire.h), which
+also seals and opens control packets; Python builds only the header of the
+handshake packets it sends.  Control message bodies are defined with construct: they are a
 few per path per second, so readability wins over speed here.
 """
 from __future__ import annotations
@@ -12,32 +12,37 @@ import struct
 from construct import (Const, Enum, Float32b, Int8ub, Int16ub, Int32ub, Int64ub, PascalString,
                        Struct)
 
-VERSION = 1
+VERSION = 2
 TYPE_DATA = 0
 TYPE_CONTROL = 1
+TYPE_HANDSHAKE = 2
 HDR_LEN = 16
-TAG_RESERVE = 16  # room kept for the authentication tag of a later version
+TAG_LEN = 16      # AEAD tag after the payload (none with cipher = none)
+TAG_RESERVE = 16  # room the MTU keeps for it
 
-# version/type, path index, session, per-path seq, tunnel seq
-HEADER = struct.Struct("!BBHIQ")
+# version/type, phase/path, session, flow bucket, flow seq, seq
+HEADER = struct.Struct("!BBHHHQ")
 assert HEADER.size == HDR_LEN
 
-# What the C side puts before a control packet on the socketpair
-# (struct mpt_ctrl_meta): fd, address length, address bytes, and the local
-# address it was sent to (family 0/4/6, 16 bytes).
-CTRL_META = struct.Struct("=iI28sI16s")
+# What the C side puts before a control or handshake packet on the
+# socketpair (struct mpt_ctrl_meta): fd, peer (-1 for a handshake), address
+# length, address bytes, and the local address it was sent to (family
+# 0/4/6, 16 bytes).
+CTRL_META = struct.Struct("=iiI28sI16s")
 
 
-def control_header(path: int, session: int) -> bytes:
-    return HEADER.pack((VERSION << 4) | TYPE_CONTROL, path, session, 0, 0)
+def handshake_header(path: int) -> bytes:
+    """Handshake packets go in the clear (the PSK authenticates them); the
+    receiver has no session index for us yet."""
+    return HEADER.pack((VERSION << 4) | TYPE_HANDSHAKE, path & 0x0F, 0, 0, 0, 0)
 
 
-def parse_header(data: bytes) -> tuple[int, int, int, int, int, int]:
-    """(version, type, path, session, path_seq, seq); ValueError if short."""
+def parse_header(data: bytes) -> tuple[int, int, int, int, int]:
+    """(version, type, path, session, seq); ValueError if short."""
     if len(data) < HDR_LEN:
         raise ValueError("short header")
-    vt, path, session, path_seq, seq = HEADER.unpack_from(data)
-    return vt >> 4, vt & 0x0F, path, session, path_seq, seq
+    vt, pp, session, _bucket, _fseq, seq = HEADER.unpack_from(data)
+    return vt >> 4, vt & 0x0F, pp & 0x0F, session, seq
 
 
 MessageKind = Enum(Int8ub, probe=1, reply=2, stall=3)
@@ -65,15 +70,18 @@ Control = Struct(
     "echo_ns" / Int64ub,      # reply: the sent_ns being answered
     "tx_packets" / Int64ub,   # data packets the sender sent on this path so far
     "rx_packets" / Int64ub,   # data packets the sender received on this path so far
+    "tx_bytes" / Int64ub,     # ... and their bytes: the delivery rate, for `auto`
+    "rx_bytes" / Int64ub,
     "name" / PascalString(Int8ub, "utf8"),
 )
 
 DEFAULTS = dict(weight=1.0, priority=0, about=0, interval_ms=0, usable=0, rtt_us=0, sent_ns=0,
-                echo_ns=0, tx_packets=0, rx_packets=0, name="")
+                echo_ns=0, tx_packets=0, rx_packets=0, tx_bytes=0, rx_bytes=0, name="")
 
 
-def build_control(path: int, session: int, **fields) -> bytes:
-    return control_header(path, session) + Control.build({**DEFAULTS, **fields})
+def build_control(**fields) -> bytes:
+    """A control message body; the datapath adds the header and seals it."""
+    return Control.build({**DEFAULTS, **fields})
 
 
 def parse_control(data: bytes):

@@ -10,11 +10,12 @@ for cmd in gcc ip tc nft iperf3 ping; do
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt=1
 [ -e "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || need_apt=1
+[ -e /usr/include/openssl/evp.h ] || need_apt=1   # libcrypto for the datapath's AEAD
 if [ "$need_apt" = 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq build-essential python3-dev python3-venv iproute2 nftables \
-        iperf3 iputils-ping >/dev/null
+        iperf3 iputils-ping libssl-dev >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -16,6 +16,15 @@ class DaemonError(RuntimeError):
     pass
 
 
+def write_key(path: str) -> str:
+    """A new tunnel key file (0600, like `mptctl genkey > FILE`)."""
+    from ..keyfile import generate_key
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_key())
+    return path
+
+
 class Daemon:
     def __init__(self, lab, ns: str, conf: str, control: str):
         self.ns, self.conf, self.control = ns, conf, control
@@ -51,10 +60,11 @@ class Daemon:
 
 
 class Tunnel:
-    """Both daemons of a lab.  `client=`/`server=` are [tunnel] overrides,
-    `weights=` the client's path weights, `path_keys=` {k: {key: value}} extra
-    keys for the client's [path wan{k}], `tcp_proxy=True` a shared key and the
-    TCP proxy on both sides, `tcp_encrypt` its (client, server) `encrypt`."""
+    """Both daemons of a lab, sharing a fresh key (`self.key`).
+    `client=`/`server=` are [tunnel] overrides, `weights=` the client's path
+    weights, `path_keys=` {k: {key: value}} extra keys for the client's
+    [path wan{k}], `tcp_proxy=True` the TCP proxy on both sides,
+    `tcp_encrypt` its (client, server) `encrypt`."""
 
     def __init__(self, lab, weights=None, client: dict | None = None,
                  server: dict | None = None, path_keys: dict | None = None,
@@ -64,13 +74,10 @@ class Tunnel:
         cconf, sconf = os.path.join(self.dir, "client.conf"), os.path.join(self.dir, "server.conf")
         client, server = dict(client or {}), dict(server or {})
         ctext = stext = ""
-        if tcp_proxy:   # both routers share a key; LAN A's TCP goes over MPTCP
-            from ..keyfile import generate_key
-            self.key = os.path.join(self.dir, "tunnel.key")
-            fd = os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(generate_key())
-            client["key"] = server["key"] = self.key
+        self.key = write_key(os.path.join(self.dir, "tunnel.key"))
+        client.setdefault("key", self.key)
+        server.setdefault("key", self.key)
+        if tcp_proxy:   # LAN A's TCP goes over MPTCP
             enc = ["off", "on"]
             ctext = ("\n[tcp]\nproxy = on\n"
                      "intercept = 198.18.100.0/24, 2001:2:0:100::/64\n"

@@ -1,24 +1,33 @@
 """The whole C datapath thread, through cffi, on real sockets: loopback UDP
-for the path and a SOCK_SEQPACKET pair standing in for the TUN device
-(it keeps packet boundaries, like TUN).  No root needed; the sanitizer test
-runs this file again under AddressSanitizer."""
+for the paths and a SOCK_SEQPACKET pair standing in for the TUN device
+(it keeps packet boundaries, like TUN).  The far end is played by the test
+with its own header packing and `cryptography`'s AEAD, an implementation
+independent of the C one.  No root needed; the sanitizer test runs this
+file again under AddressSanitizer."""
+import ipaddress
 import os
 import random
 import select
 import socket
 import struct
+import time
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from mpt import wire
 from mpt.datapath import Datapath, socket_address, unpack_sockaddr
 
+AES, CHACHA, NONE = 1, 2, 0
+LOCAL, REMOTE = 0x1234, 0x4321        # the datapath's session index, the far end's
 
-def ipv4_packet(ident: int, size: int = 100) -> bytes:
+
+def ipv4_packet(ident: int, size: int = 100, src=(198, 18, 100, 2), dst=(198, 18, 200, 2),
+                sport=1) -> bytes:
     payload = struct.pack("!Q", ident) + bytes(size - 28)
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + len(payload), 0, 0, 64, 17, 0,
-                      bytes([198, 18, 100, 2]), bytes([198, 18, 200, 2]))
-    return hdr + struct.pack("!HHHH", 1, 2, 8 + len(payload), 0) + payload
+                      bytes(src), bytes(dst))
+    return hdr + struct.pack("!HHHH", sport, 2, 8 + len(payload), 0) + payload
 
 
 def ipv6_packet(size: int = 80) -> bytes:
@@ -26,13 +35,47 @@ def ipv6_packet(size: int = 80) -> bytes:
         + bytes(size - 40)
 
 
-def data(seq: int, inner: bytes, path: int = 0, session: int = 7) -> bytes:
-    return wire.HEADER.pack((wire.VERSION << 4) | wire.TYPE_DATA, path, session, seq, seq) + inner
+def ident(pkt: bytes) -> int:
+    return struct.unpack_from("!Q", pkt, 28)[0]
+
+
+class FarEnd:
+    """Seals and opens packets as the datapath's peer does."""
+
+    def __init__(self, cipher=AES, tx_key=None, rx_key=None, session=LOCAL):
+        self.cipher, self.session = cipher, session
+        self.tx_key = tx_key or os.urandom(32)   # what the datapath opens with
+        self.rx_key = rx_key or os.urandom(32)   # what it seals with
+        self.seq = 0
+
+    def _aead(self, key):
+        return AESGCM(key) if self.cipher == AES else ChaCha20Poly1305(key)
+
+    def header(self, seq, typ=wire.TYPE_DATA, path=0, bucket=0, flow_seq=None, phase=0,
+               session=None):
+        return wire.HEADER.pack((wire.VERSION << 4) | typ, (phase << 7) | path,
+                                self.session if session is None else session, bucket,
+                                seq & 0xFFFF if flow_seq is None else flow_seq, seq)
+
+    def seal(self, payload: bytes, seq=None, key=None, **hdr) -> bytes:
+        if seq is None:
+            seq, self.seq = self.seq, self.seq + 1
+        h = self.header(seq, **hdr)
+        if self.cipher == NONE:
+            return h + payload
+        nonce = bytes(4) + struct.pack("!Q", seq)
+        return h + self._aead(key or self.tx_key).encrypt(nonce, payload, h)
+
+    def open(self, pkt: bytes, key=None) -> bytes:
+        h, body = pkt[:wire.HDR_LEN], pkt[wire.HDR_LEN:]
+        if self.cipher == NONE:
+            return body
+        seq = struct.unpack_from("!Q", h, 8)[0]
+        return self._aead(key or self.rx_key).decrypt(bytes(4) + struct.pack("!Q", seq), body, h)
 
 
 def wait_until(pred, timeout=5.0):
     """Poll a condition on the datapath's counters (no event to wait on)."""
-    import time
     deadline = time.monotonic() + timeout
     while not pred():
         assert time.monotonic() < deadline, "condition not reached"
@@ -63,156 +106,282 @@ def udp(blocking=True):
     return s
 
 
-@pytest.fixture
-def client():
-    """A client datapath with one path: its socket, the peer socket acting
-    as the server, the fake TUN and the control pair."""
+def drops(c: dict) -> int:
+    return sum(v for k, v in c.items() if k.startswith("drop_"))
+
+
+@pytest.fixture(params=[AES, CHACHA])
+def client(request):
+    """A client datapath with one path and a session: its socket, the peer
+    socket acting as the server, the fake TUN and the control pair."""
     tun_dp, tun_test, ctrl_dp, ctrl_py = pairs()
     path, server = udp(blocking=False), udp()
-    dp = Datapath(tun_dp.fileno(), ctrl_dp.fileno(), -1, 0x1234, 0.05, 1.0)
-    dp.set_path(0, path.fileno(), server.getsockname(), 1.0, True)
+    far = FarEnd(request.param)
+    dp = Datapath(tun_dp.fileno(), ctrl_dp.fileno(), -1, 0.05, 1.0)
+    dp.add_peer(0)
+    dp.set_session(0, LOCAL, REMOTE, far.cipher)
+    dp.set_keys(0, 0, far.rx_key, far.tx_key, True)
+    dp.set_path(0, 0, path.fileno(), server.getsockname(), 1.0, True)
     dp.start()
-    env = dict(dp=dp, tun=tun_test, ctrl=ctrl_py, path=path, server=server)
+    env = dict(dp=dp, tun=tun_test, ctrl=ctrl_py, path=path, server=server, far=far,
+               to=path.getsockname())
     yield env
     dp.close()
     for s in (tun_dp, tun_test, ctrl_dp, ctrl_py, path, server):
         s.close()
 
 
-def test_tun_packet_is_encapsulated_with_header(client):
-    inner = ipv4_packet(1)
+def test_tun_packet_is_sealed_with_header(client):
+    far, inner = client["far"], ipv4_packet(1)
     client["tun"].send(inner)
     pkt, _ = client["server"].recvfrom(4096)
-    version, typ, path, session, path_seq, seq = wire.parse_header(pkt)
-    assert (version, typ, path, session) == (1, wire.TYPE_DATA, 0, 0x1234)
-    assert (path_seq, seq) == (0, 0)
-    assert pkt[wire.HDR_LEN:] == inner
-    client["tun"].send(inner)
-    pkt, _ = client["server"].recvfrom(4096)
-    assert wire.parse_header(pkt)[4:] == (1, 1)
-    c = client["dp"].counters()
-    assert c["path"][0]["tx_packets"] == 2 and c["tun_rx_packets"] == 2
+    vt, pp, session, bucket, flow_seq, seq = wire.HEADER.unpack_from(pkt)
+    assert (vt >> 4, vt & 15, pp, session) == (2, wire.TYPE_DATA, 0, REMOTE)
+    assert (flow_seq, seq) == (0, 0)
+    assert inner not in pkt, "the payload travels encrypted"
+    assert len(pkt) == wire.HDR_LEN + len(inner) + wire.TAG_LEN
+    assert far.open(pkt) == inner
+    client["tun"].send(ipv4_packet(2))                 # same flow: next flow_seq
+    client["tun"].send(ipv4_packet(3, sport=999))      # another flow
+    p2, p3 = client["server"].recvfrom(4096)[0], client["server"].recvfrom(4096)[0]
+    assert wire.HEADER.unpack_from(p2)[3:] == (bucket, 1, 1)
+    assert wire.HEADER.unpack_from(p3)[5] == 2
+    assert ident(far.open(p3)) == 3
+    # counted just after sendmmsg returns: maybe after the server got them
+    wait_until(lambda: client["dp"].counters(0)["path"][0]["tx_packets"] == 3)
+    assert client["dp"].counters()["tun_rx_packets"] == 3
 
 
-def test_valid_data_reaches_tun_in_order(client):
-    to = client["path"].getsockname()
-    for seq in range(20):
-        client["server"].sendto(data(seq, ipv4_packet(seq)), to)
-    got = recv_all(client["tun"])
-    assert [struct.unpack_from("!Q", p, 28)[0] for p in got] == list(range(20))
-    client["server"].sendto(data(20, ipv6_packet()), to)
+def test_sealed_data_reaches_tun_in_order(client):
+    far = client["far"]
+    for i in range(20):
+        client["server"].sendto(far.seal(ipv4_packet(i)), client["to"])
+    assert [ident(p) for p in recv_all(client["tun"])] == list(range(20))
+    client["server"].sendto(far.seal(ipv6_packet(), bucket=5, flow_seq=0), client["to"])
     assert recv_all(client["tun"]) == [ipv6_packet()]
 
 
-def test_forged_and_malformed_packets_never_reach_tun(client):
+def test_forged_replayed_and_malformed_packets_never_reach_tun(client):
     rng = random.Random(1)
-    to = client["path"].getsockname()
-    good = ipv4_packet(99)
+    far, good = client["far"], ipv4_packet(99)
+    valid = far.seal(good, seq=500)
+    tampered = bytearray(far.seal(good, seq=501))
+    tampered[30] ^= 1
     bad = [
         b"",
-        b"\x10",
-        data(0, good)[:15],                                   # short header
-        bytes([0x20]) + data(0, good)[1:],                    # version 2
-        bytes([0x15]) + data(0, good)[1:],                    # unknown type
-        data(0, good, path=3),                                # not our path index
-        data(0, good[:-1]),                                   # IP length mismatch
-        data(0, good + b"x"),                                 # trailing byte
-        data(0, b"\x45" + bytes(10)),                         # truncated IPv4
-        data(0, ipv6_packet()[:-1]),                          # IPv6 length mismatch
-        data(0, b"\x75" + bytes(60)),                         # IP version 7
-        data(0, bytes(3000)),                                 # larger than any slot
+        b"\x20",
+        valid[:15],                                             # short header
+        bytes([0x10]) + valid[1:],                              # version 1
+        bytes([0x25]) + valid[1:],                              # unknown type
+        valid[:1] + bytes([0x10]) + valid[2:],                  # reserved bits
+        far.seal(good, seq=502, session=0x9999),                # nobody's session
+        far.seal(good, seq=503, key=os.urandom(32)),            # wrong key
+        bytes(tampered),                                        # flipped ciphertext bit
+        valid[:16] + valid[20:],                                # truncated
+        far.seal(good, seq=504, phase=1),                       # no key in phase 1
+        far.seal(good, seq=505, path=3),                        # not our path index
+        far.seal(good[:-1], seq=506),                           # IP length mismatch
+        far.seal(b"\x75" + bytes(60), seq=507),                 # IP version 7
+        far.seal(good, seq=508, bucket=4000),                   # no such flow bucket
+        bytes(3000),                                            # larger than any slot
     ] + [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 200))) for _ in range(300)]
+
     def handled():
-        c = client["dp"].counters()
-        # every bad datagram is counted as a drop, or (random bytes that happen
-        # to look like a control header) handed to Python, which parses it
-        return sum(v for k, v in c.items() if k.startswith("drop_")) + c["path"][0]["ctrl_rx"]
+        return drops(client["dp"].counters()) + drops(client["dp"].counters(0))
 
     for i in range(0, len(bad), 50):   # in chunks: the socket buffer is small
         for b in bad[i:i + 50]:
-            client["server"].sendto(b, to)
+            client["server"].sendto(b, client["to"])
         wait_until(lambda: handled() == min(i + 50, len(bad)))
-    client["server"].sendto(data(0, good), to)   # a marker: must be the only thing out
-    assert recv_all(client["tun"]) == [good]
-    c = client["dp"].counters()
-    assert handled() == len(bad)
-    assert c["drop_malformed"] >= 3 and c["drop_bad_inner"] >= 5 and c["drop_bad_path"] >= 1
+    client["server"].sendto(valid, client["to"])       # the one good packet ...
+    client["server"].sendto(valid, client["to"])       # ... replayed
+    assert [ident(p) for p in recv_all(client["tun"])] == [99]
+    assert recv_all(client["ctrl"], 0.05) == []
+    g, c = client["dp"].counters(), client["dp"].counters(0)
+    assert g["drop_malformed"] >= 3 and g["drop_version"] >= 2
+    assert g["drop_unknown_session"] >= 1
+    assert c["drop_auth"] >= 4 and c["drop_replay"] == 1
+    assert c["drop_bad_inner"] >= 3 and c["drop_bad_path"] == 1
 
 
 def test_client_accepts_data_only_from_the_server_address(client):
     stranger = udp()
     try:
-        stranger.sendto(data(0, ipv4_packet(1)), client["path"].getsockname())
-        wait_until(lambda: client["dp"].counters()["drop_bad_path"] == 1)
-        client["server"].sendto(data(0, ipv4_packet(2)), client["path"].getsockname())
-        (pkt,) = recv_all(client["tun"])
-        assert struct.unpack_from("!Q", pkt, 28)[0] == 2
+        stranger.sendto(client["far"].seal(ipv4_packet(1)), client["to"])
+        wait_until(lambda: client["dp"].counters(0)["drop_bad_path"] == 1)
+        client["server"].sendto(client["far"].seal(ipv4_packet(2)), client["to"])
+        assert [ident(p) for p in recv_all(client["tun"])] == [2]
     finally:
         stranger.close()
 
 
-def test_control_packets_go_to_python_with_source(client):
-    pkt = wire.build_control(0, 9, kind="reply", sent_ns=1, echo_ns=2, name="wan1")
-    client["server"].sendto(pkt, client["path"].getsockname())
+def test_control_goes_to_python_decrypted_and_comes_back_sealed(client):
+    far = client["far"]
+    body = wire.build_control(kind="reply", sent_ns=1, echo_ns=2, name="wan1")
+    client["server"].sendto(far.seal(body, typ=wire.TYPE_CONTROL), client["to"])
+    client["server"].sendto(far.seal(body, typ=wire.TYPE_CONTROL, key=os.urandom(32)),
+                            client["to"])   # forged: never reaches Python
     (msg,) = recv_all(client["ctrl"])
-    fd, alen, raw, _, _ = wire.CTRL_META.unpack_from(msg)
-    assert fd == client["path"].fileno()
+    fd, peer, alen, raw, _, _ = wire.CTRL_META.unpack_from(msg)
+    assert (fd, peer) == (client["path"].fileno(), 0)
     assert unpack_sockaddr(raw[:alen]) == client["server"].getsockname()
     assert wire.parse_control(msg[wire.CTRL_META.size:]).name == "wan1"
     assert recv_all(client["tun"], 0.1) == []
+    assert client["dp"].send_control(0, 0, b"hello")
+    pkt = client["server"].recvfrom(4096)[0]
+    assert wire.parse_header(pkt)[1] == wire.TYPE_CONTROL
+    assert far.open(pkt) == b"hello"
 
 
-def test_server_learns_and_follows_client_address():
+def test_handshake_packets_reach_python_at_a_bounded_rate(client):
+    hs = wire.handshake_header(0) + b"x" * 73
+    for _ in range(200):
+        client["server"].sendto(hs, client["to"])
+    wait_until(lambda: sum(client["dp"].counters()[k] for k in
+                           ("handshake_rx", "drop_handshake_rate")) == 200)
+    got = recv_all(client["ctrl"])
+    assert 1 <= len(got) <= 20       # the per-source burst, not 200
+    assert wire.CTRL_META.unpack_from(got[0])[1] == -1     # no peer: unauthenticated
+    assert got[0][wire.CTRL_META.size:] == hs
+
+
+def test_rekey_switches_sending_when_the_peer_uses_the_new_keys(client):
+    far, dp = client["far"], client["dp"]
+    new = FarEnd(far.cipher)
+    dp.set_keys(0, 1, new.rx_key, new.tx_key, False)
+    client["tun"].send(ipv4_packet(1))
+    pkt = client["server"].recvfrom(4096)[0]
+    assert pkt[1] >> 7 == 0 and far.open(pkt) == ipv4_packet(1)   # still the old keys
+    # old-phase packets in flight are still accepted; then the peer switches
+    client["server"].sendto(far.seal(ipv4_packet(10), seq=0), client["to"])
+    client["server"].sendto(new.seal(ipv4_packet(11), seq=1, phase=1), client["to"])
+    assert [ident(p) for p in recv_all(client["tun"])] == [10, 11]
+    client["tun"].send(ipv4_packet(2))
+    pkt = client["server"].recvfrom(4096)[0]
+    assert pkt[1] >> 7 == 1 and new.open(pkt) == ipv4_packet(2)
+    assert dp.counters(0)["key_switches"] == 1
+
+
+def test_new_session_starts_sequences_over(client):
+    far, dp = client["far"], client["dp"]
+    for i in range(1000, 1005):
+        client["server"].sendto(far.seal(ipv4_packet(i), seq=i), client["to"])
+    assert len(recv_all(client["tun"])) == 5
+    fresh = FarEnd(far.cipher, session=0x777)
+    dp.set_session(0, 0x777, REMOTE, fresh.cipher)
+    dp.set_keys(0, 0, fresh.rx_key, fresh.tx_key, True)
+    client["server"].sendto(far.seal(ipv4_packet(1), seq=2000), client["to"])  # old session
+    for i in range(3):      # sequence numbers from 0 again: not late, not replays
+        client["server"].sendto(fresh.seal(ipv4_packet(i)), client["to"])
+    assert [ident(p) for p in recv_all(client["tun"])] == [0, 1, 2]
+    c = dp.counters(0)
+    assert c["drop_late"] == c["drop_replay"] == 0 and c["sessions"] == 2
+    assert dp.counters()["drop_unknown_session"] == 1
+
+
+def test_no_session_or_no_active_path_drops_and_counts(client):
+    dp = client["dp"]
+    dp.set_path(0, 0, client["path"].fileno(), client["server"].getsockname(), 1, False)
+    dp.sync()
+    client["tun"].send(ipv4_packet(1))
+    wait_until(lambda: dp.counters(0)["drop_no_path"] == 1)
+    dp.set_session(0, 0x55, REMOTE, AES)     # a session without keys yet
+    client["tun"].send(ipv4_packet(2))
+    wait_until(lambda: dp.counters(0)["drop_no_session"] == 1)
+
+
+def test_cipher_none_carries_plain_packets():
+    tun_dp, tun_test, ctrl_dp, ctrl_py = pairs()
+    path, server = udp(blocking=False), udp()
+    far = FarEnd(NONE)
+    dp = Datapath(tun_dp.fileno(), ctrl_dp.fileno(), -1, 0.05, 1.0)
+    try:
+        dp.add_peer(0)
+        dp.set_session(0, LOCAL, REMOTE, NONE)
+        dp.set_keys(0, 0, bytes(32), bytes(32), True)
+        dp.set_path(0, 0, path.fileno(), server.getsockname(), 1.0, True)
+        dp.start()
+        tun_test.send(ipv4_packet(1))
+        pkt = server.recvfrom(4096)[0]
+        assert pkt[wire.HDR_LEN:] == ipv4_packet(1)
+        server.sendto(far.seal(ipv4_packet(2)), path.getsockname())
+        assert [ident(p) for p in recv_all(tun_test)] == [2]
+    finally:
+        dp.close()
+        for s in (tun_dp, tun_test, ctrl_dp, ctrl_py, path, server):
+            s.close()
+
+
+def test_server_learns_client_address_only_from_authenticated_data():
     tun_dp, tun_test, ctrl_dp, ctrl_py = pairs()
     listen, c1, c2 = udp(blocking=False), udp(), udp()
-    dp = Datapath(tun_dp.fileno(), ctrl_dp.fileno(), listen.fileno(), 1, 0.05, 1.0)
+    far = FarEnd(AES)
+    dp = Datapath(tun_dp.fileno(), ctrl_dp.fileno(), listen.fileno(), 0.05, 1.0)
+    dp.add_peer(0)
+    dp.set_session(0, LOCAL, REMOTE, AES)
+    dp.set_keys(0, 0, far.rx_key, far.tx_key, True)
     dp.start()
+    to = listen.getsockname()
     try:
-        # a control packet teaches nothing (Python checks it first) ...
-        c2.sendto(wire.build_control(2, 1, kind="probe", name="x"), listen.getsockname())
-        assert len(recv_all(ctrl_py)) == 1 and dp.peer(2) is None
-        # ... nor does data whose payload is no IP packet
-        c2.sendto(data(0, b"garbage", path=2), listen.getsockname())
-        wait_until(lambda: dp.counters()["drop_bad_inner"] == 1)
-        assert dp.peer(2) is None
-        c1.sendto(data(0, ipv4_packet(0), path=2), listen.getsockname())
+        c2.sendto(far.seal(ipv4_packet(0), path=2, key=os.urandom(32)), to)   # forged
+        c2.sendto(far.seal(b"garbage", path=2), to)                          # not IP
+        wait_until(lambda: drops(dp.counters(0)) == 2)
+        assert dp.peer_address(0, 2) is None
+        c1.sendto(far.seal(ipv4_packet(0), path=2), to)
         assert len(recv_all(tun_test)) == 1
-        assert dp.peer(2) == c1.getsockname()
-        dp.set_path(2, listen.fileno(), None, 1.0, True)   # keeps the learned address
+        assert dp.peer_address(0, 2) == c1.getsockname()
+        dp.set_path(0, 2, listen.fileno(), None, 1.0, True)   # keeps the learned address
         tun_test.send(ipv4_packet(5))
         assert wire.parse_header(c1.recvfrom(4096)[0])[2] == 2
-        c2.sendto(data(1, ipv4_packet(1), path=2), listen.getsockname())  # NAT rebinding
+        replay = far.seal(ipv4_packet(1), path=2)
+        c1.sendto(replay, to)
+        c2.sendto(replay, to)          # a replay from elsewhere moves nothing
         assert len(recv_all(tun_test)) == 1
-        assert dp.peer(2) == c2.getsockname()
-        assert dp.counters()["path"][2]["addr_changes"] == 1
-        tun_test.send(ipv4_packet(6))
-        c2.settimeout(2)
-        assert wire.parse_header(c2.recvfrom(4096)[0])[2] == 2
+        assert dp.peer_address(0, 2) == c1.getsockname()
+        c2.sendto(far.seal(ipv4_packet(2), path=2), to)       # NAT rebinding
+        assert len(recv_all(tun_test)) == 1
+        assert dp.peer_address(0, 2) == c2.getsockname()
+        assert dp.counters(0)["path"][2]["addr_changes"] == 1
     finally:
         dp.close()
         for s in (tun_dp, tun_test, ctrl_dp, ctrl_py, listen, c1, c2):
             s.close()
 
 
-def test_peer_restart_resets_sequence(client):
-    to = client["path"].getsockname()
-    for seq in range(1000, 1005):
-        client["server"].sendto(data(seq, ipv4_packet(seq), session=1), to)
-    for seq in range(0, 3):   # new session starts from 0: must not count as late
-        client["server"].sendto(data(seq, ipv4_packet(seq), session=2), to)
-    assert len(recv_all(client["tun"])) == 8
-    c = client["dp"].counters()
-    assert c["session_resets"] == 1 and c["drop_late"] == 0
-
-
-def test_no_active_path_drops_and_counts(client):
-    client["dp"].set_path(0, client["path"].fileno(), client["server"].getsockname(), 1, False)
-    client["dp"].sync()
-    client["tun"].send(ipv4_packet(1))
-    client["server"].settimeout(0.2)
-    with pytest.raises(socket.timeout):
-        client["server"].recvfrom(4096)
-    assert client["dp"].counters()["drop_no_path"] == 1
+def test_server_routes_by_allowed_prefixes_and_checks_sources():
+    tun_dp, tun_test, ctrl_dp, ctrl_py = pairs()
+    listen, ca, cb = udp(blocking=False), udp(), udp()
+    ca.settimeout(5)
+    cb.settimeout(5)
+    a, b = FarEnd(AES, session=0x0A), FarEnd(AES, session=0x0B)
+    dp = Datapath(tun_dp.fileno(), ctrl_dp.fileno(), listen.fileno(), 0.05, 1.0)
+    net = ipaddress.ip_network
+    dp.add_peer(0, [net("198.18.100.0/24")])
+    dp.add_peer(1, [net("198.18.101.0/24"), net("198.18.101.128/25")])
+    for i, far in enumerate((a, b)):
+        dp.set_session(i, far.session, 0x100 + i, AES)
+        dp.set_keys(i, 0, far.rx_key, far.tx_key, True)
+    dp.start()
+    to = listen.getsockname()
+    try:
+        ca.sendto(a.seal(ipv4_packet(1, src=(198, 18, 100, 9))), to)
+        cb.sendto(b.seal(ipv4_packet(2, src=(198, 18, 101, 200))), to)
+        cb.sendto(b.seal(ipv4_packet(3, src=(198, 18, 100, 9))), to)   # b posing as a's LAN
+        assert sorted(ident(p) for p in recv_all(tun_test)) == [1, 2]
+        assert dp.counters(1)["drop_source"] == 1
+        for i in (0, 1):       # the learned paths carry return traffic once scheduled
+            dp.set_path(i, 0, listen.fileno(), None, 1.0, True)
+        tun_test.send(ipv4_packet(7, dst=(198, 18, 101, 130)))        # routes to b
+        tun_test.send(ipv4_packet(8, dst=(198, 18, 100, 1)))          # routes to a
+        tun_test.send(ipv4_packet(9, dst=(198, 18, 102, 1)))          # nobody's
+        pb, pa = cb.recvfrom(4096)[0], ca.recvfrom(4096)[0]
+        assert ident(b.open(pb)) == 7 and wire.parse_header(pb)[3] == 0x101
+        assert ident(a.open(pa)) == 8 and wire.parse_header(pa)[3] == 0x100
+        wait_until(lambda: dp.counters()["drop_no_peer"] == 1)
+    finally:
+        dp.close()
+        for s in (tun_dp, tun_test, ctrl_dp, ctrl_py, listen, ca, cb):
+            s.close()
 
 
 def test_socket_address_forms():

@@ -14,6 +14,7 @@ Addressing (k = 1..N)::
     ispk  a     198.18.{k}.254/24     2001:2:0:{k}::254/64
           b     198.18.{20+k}.254/24  2001:2:0:{20+k}::254/64
           tbf on the egress of b (upload, A→B) and of a (download, B→A)
+          set_delay: delay, jitter, loss per direction (mpt.lab.delay)
     rtrB  isp{k} 198.18.{20+k}.1/24   2001:2:0:{20+k}::1/64
           srv0 (veth, peer srv0p also in rtrB: no dummy driver here) 198.18.10.2/32 2001:2:0:10::2/128   (the tunnel server)
           lan0  198.18.200.1/24   2001:2:0:200::1/64
@@ -414,20 +415,25 @@ class Lab:
                   "mptlab_blackhole"], check=False)
 
     # ---------------------------------------------------------------- shaping
-    def _apply_rate(self, k: int) -> None:
+    def _apply_rate(self, k: int, only: str | None = None) -> None:
+        """Put path k's qdiscs in place (``only``: one direction).  A direction
+        with a delay has its rate where the delay backend wants it (see
+        mpt.lab.delay), otherwise a tbf on the egress: b for up, a for down."""
         ns = self.isp[k - 1]
-        for direction, dev in (("up", "b"), ("down", "a")):
+        for direction in ("up", "down"):
+            if only is not None and only != direction:
+                continue
             mbit = self.rates[k - 1][direction]
-            if mbit is None:
+            if mbit is not None and mbit <= 0:
+                raise ValueError("rate must be > 0 Mbit/s (or None)")
+            for dev, args in self._delays.rate_qdiscs(k, direction, mbit):
+                if args is not None:
+                    _run(["tc", "-n", ns, "qdisc", *args])
+                    continue
                 cp = _run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"], check=False)
                 if cp.returncode != 0 and "No such file" not in cp.stderr \
                         and "Cannot delete qdisc with handle of zero" not in cp.stderr:
                     raise LabError(f"tc qdisc del dev {dev} in {ns}: {cp.stderr.strip()}")
-            else:
-                if mbit <= 0:
-                    raise ValueError("rate must be > 0 Mbit/s (or None)")
-                _run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root",
-                      *tbf_params(mbit)])
 
     def set_rate(self, k: int, mbit: float | None, direction: str = "both") -> None:
         """Shape path k: "up" (A→B, egress of isp b), "down" (B→A), "both"; None = unshaped."""
@@ -438,6 +444,55 @@ class Lab:
             if direction in (d, "both"):
                 self.rates[k - 1][d] = mbit
         self._apply_rate(k)
+
+    # ------------------------------------------------------ delay, jitter, loss
+    @property
+    def _delays(self):
+        """Per-link delay state (mpt.lab.delay.LinkDelays), made on first use."""
+        d = self.__dict__.get("_delay_links")
+        if d is None:
+            from .delay import LinkDelays
+            d = self._delay_links = LinkDelays(self)
+        return d
+
+    @property
+    def delay_backend(self) -> str:
+        """"netem" if the kernel has it, else "delayline" (mpt.lab.delay).
+        $MPT_LAB_DELAY_BACKEND or assigning this (while no delay is set) forces one."""
+        return self._delays.backend
+
+    @delay_backend.setter
+    def delay_backend(self, name: str) -> None:
+        self._delays.set_backend(name)
+
+    def set_delay(self, k: int, delay_ms: float = 0.0, jitter_ms: float = 0.0,
+                  loss: float = 0.0, direction: str = "both", *,
+                  reorder: bool = False, distribution: str = "uniform") -> None:
+        """One-way delay, jitter and random loss on path k: "up" (A→B), "down"
+        (B→A) or "both" (each direction gets these values).
+
+        ``jitter_ms``: uniform in ±jitter (or ``distribution="normal"``: its
+        standard deviation); packets keep their order unless ``reorder``.
+        ``loss``: probability 0..1 that a packet is dropped.  All zero: no
+        delay stage at all (plain forwarding).  Combines with set_rate (the
+        rate applies before the delay).  Changeable at any time; a running
+        delay line keeps its queued packets.  See mpt.lab.delay."""
+        self._check_path(k)
+        if direction not in ("up", "down", "both"):
+            raise ValueError(f"direction must be up, down or both, not {direction!r}")
+        from .delay import DelayShape
+        shape = DelayShape(delay_ms, jitter_ms, loss, reorder, distribution)
+        for d in ("up", "down"):
+            if direction in (d, "both"):
+                self._delays.set(k, d, shape)
+
+    def delay_stats(self, k: int, direction: str) -> dict | None:
+        """The delay line's counters for path k, "up" or "down" (None: no delay
+        line there; netem keeps its own in ``tc -s qdisc``)."""
+        self._check_path(k)
+        if direction not in ("up", "down"):
+            raise ValueError(f"direction must be up or down, not {direction!r}")
+        return self._delays.stats(k, direction)
 
     def isp_bytes(self, k: int) -> dict:
         """{"up": tx bytes of isp k's b, "down": tx bytes of its a}."""
@@ -535,6 +590,7 @@ class Lab:
         for ns in self.namespaces:
             out.append(f"===== {ns}")
             for argv in (["ip", "-n", ns, "-br", "addr"], ["ip", "-n", ns, "route"],
+                         ["ip", "-n", ns, "rule"],
                          ["ip", "-n", ns, "-6", "route"], ["tc", "-n", ns, "qdisc"],
                          ["ip", "netns", "exec", ns, "nft", "list", "ruleset"]):
                 cp = _run(argv, check=False)

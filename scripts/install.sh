@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=0
-for cmd in gcc ip tc nft iperf3 ping; do
+for cmd in gcc clang ip tc nft iperf3 ping; do
     command -v "$cmd" >/dev/null 2>&1 || need_apt=1
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt=1
@@ -15,7 +15,7 @@ if [ "$need_apt" = 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq build-essential python3-dev python3-venv iproute2 nftables \
-        iperf3 iputils-ping libssl-dev >/dev/null
+        iperf3 iputils-ping libssl-dev clang >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -93,7 +93,8 @@ static int send_one(struct mpt_dp *dp, int peer, uint8_t *buf, uint32_t len, int
                     int64_t *retry)
 {
     struct mpt_peer *pe = &dp->peers[peer];
-    int idx = mpt_sched_pick(&pe->sched, len, now, retry);
+    /* Rates are of what the path carries: the whole datagram. */
+    int idx = mpt_sched_pick(&pe->sched, len + MPT_HDR_LEN + MPT_TAG_LEN, now, retry);
     if (idx == MPT_SCHED_WAIT)
         return MPT_SCHED_WAIT;
     if (idx < 0 || pe->paths[idx].fd < 0 || pe->paths[idx].peerlen == 0) {
@@ -157,7 +158,7 @@ static void flush(struct mpt_dp *dp)
             }
             for (int j = 0; j < r; j++) {
                 q->counters->tx_packets++;
-                q->counters->tx_bytes += q->iov[done + j].iov_len - MPT_HDR_LEN;
+                q->counters->tx_bytes += q->iov[done + j].iov_len;
             }
             done += (unsigned)r;
         }

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from . import cipher as ciphers
 from . import control, handshake, mptcp, netlink, nft, scheduler, tcpproxy, wire
+from .capacity import CapacityEstimator
 from .config import IMPLICIT_PEER, TunnelConfig
 from .datapath import MAX_PATHS, MAX_PEERS, Datapath, socket_address, unpack_sockaddr
 from .path import HealthConfig, PathHealth, State, StallDetector
@@ -98,6 +99,7 @@ class Path:
     peer_rx: int = 0
     tx_bytes: int = 0                          # our counters for it, at the last tick
     rx_bytes: int = 0
+    capacity: CapacityEstimator = field(default_factory=CapacityEstimator)
 
     @property
     def usable(self) -> bool:
@@ -240,6 +242,7 @@ class Daemon:
                         gateway=str(pc.gateway) if pc.gateway else None))
                 if pc.rate_bps:
                     self.dp.set_rate(0, i, pc.rate_bps)
+                    p.capacity = CapacityEstimator(pc.rate_bps)
                 self.nl.run(netlink.learn_routes, p.routes)
                 self.nl.run(netlink.install, p.routes)
                 self._open_path_socket(p)
@@ -606,6 +609,7 @@ class Daemon:
         p.peer_tx, p.peer_rx = msg.tx_packets, msg.rx_packets
         if msg.rtt_us:
             p.health.rtt.srtt = msg.rtt_us / 1e6
+        self._measure(peer, p, now, msg)
         for q in peer.paths.values():
             q.client_usable = bool(msg.usable >> q.index & 1)
             self._server_tick(peer, q, now)
@@ -632,6 +636,18 @@ class Daemon:
         new = p.health.on_reply(now, sent_at=msg.echo_ns / 1e9, rtt=rtt)
         if new:
             self._state_changed(p, new, f"rtt {rtt * 1e3:.1f} ms")
+        self._measure(self.peers[0], p, now, msg)
+
+    def _measure(self, peer: Peer, p: Path, now: float, msg) -> None:
+        """The peer's counters for p arrived (in a probe or reply): update
+        what p can carry in our direction; `auto` schedules by it and by
+        p's delay (half its RTT)."""
+        srtt = p.health.rtt.srtt
+        p.capacity.update(now, p.tx_bytes, msg.rx_bytes, p.health.loss_out.loss, srtt,
+                          reported_at=msg.sent_ns / 1e9)
+        if self.cfg.scheduler == "auto":
+            self.dp.set_measure(peer.index, p.index, p.capacity.capacity_bps,
+                                srtt / 2 if srtt else 0.0)
 
     # -- links -------------------------------------------------------------------
 
@@ -763,6 +779,8 @@ class Daemon:
             "loss_out": round(h.loss_out.loss, 4) if h.loss_out.loss is not None else None,
             "loss_in": round(h.loss_in.loss, 4) if h.loss_in.loss is not None else None,
             "share": round(pc["tx_bytes"] / total_tx, 4),
+            "capacity_mbps": round(p.capacity.capacity_bps / 1e6, 3),
+            "delivery_mbps": round(p.capacity.delivery_bps / 1e6, 3),
             "flaps": h.flaps,
             **pc,
             "error": p.last_error,

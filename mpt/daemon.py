@@ -45,6 +45,7 @@ MPTCP_SUBFLOWS = 8          # per-connection limit of the kernel's path manager
 NO_KEY = bytes(32)          # the "pre-shared key" of cipher = none without a key file
 HANDSHAKE_RESTART = 5.0     # an unanswered new-session handshake starts afresh this often
 HANDSHAKE_LOG_EVERY = 10.0  # at most one log line about refused handshakes this often
+SESSION_LIVE = 0.5          # server: a session this recently heard from is not replaced
 
 
 def _printable(name: str) -> str:
@@ -123,6 +124,7 @@ class Peer:
     keys: handshake.SessionKeys | None = None
     keyed_at: float = 0.0                       # when the current keys were installed
     heard: float = 0.0                          # last authenticated control packet
+    data_heard: float = 0.0                     # last data packet (authenticated in C)
     # client: the handshake in progress, if any
     initiator: handshake.Initiator | None = None
     init_sent: float = -math.inf
@@ -489,6 +491,15 @@ class Daemon:
                     continue
                 raise
             responder.confirm(peer.local_index)   # our index is fixed per peer
+            if self._session_live(peer, time.monotonic()) and \
+                    keys.remote_index != peer.remote_index:
+                # A new session while the current one is alive: a replay of
+                # an old init (it passes the MAC; the nonce cache does not
+                # outlive a restart) must not knock out the real session.  A
+                # client that really restarted goes quiet first.
+                raise handshake.HandshakeError(
+                    f"peer {peer.name}: a new session while the current one is live "
+                    "(a replayed init?)")
             self.answered[i] = (body, response)
             if peer.keys is not None and keys.remote_index == peer.remote_index:
                 # a rekey: new keys in the other phase; we send with them once
@@ -507,6 +518,11 @@ class Daemon:
         else:
             raise handshake.HandshakeError("no configured peer key verifies it")
         self._reply_handshake(idx, raw_addr, reply_to, local, response)
+
+    def _session_live(self, peer: Peer, now: float) -> bool:
+        """Authenticated packets (data or control) arrived from the peer
+        within SESSION_LIVE."""
+        return peer.keys is not None and now - max(peer.heard, peer.data_heard) < SESSION_LIVE
 
     def _reply_handshake(self, idx: int, raw_addr, reply_to, local, response: bytes) -> None:
         pkt = wire.handshake_header(idx) + response
@@ -713,7 +729,7 @@ class Daemon:
             if c["rx_packets"] != p.last_rx:
                 p.last_rx = c["rx_packets"]
                 p.health.on_data(now)
-                p.heard = now
+                p.heard = peer.data_heard = now
             p.stall.update(now, p.last_rx, total)
         for p in list(peer.paths.values()):
             # a path the peer schedules no data on (a standby backup) may go quiet

@@ -475,12 +475,22 @@ class Daemon:
                 self._probe(p, now)
 
     def _server_handshake(self, body: bytes, src, reply_to, raw_addr, local, idx: int) -> None:
+        live = False
         for i, responder in self.responders.items():
             peer = self.peers[i]
             last = self.answered.get(i)
             if last is not None and last[0] == body:
                 response = last[1]        # a resent init: same answer, nothing else
                 break
+            sender = int.from_bytes(body[6:8], "big")   # checked by the MAC below
+            if self._session_live(peer, time.monotonic()) and sender != peer.remote_index:
+                # A new session while the current one is alive: a replay of
+                # an old init (it passes the MAC; the nonce cache does not
+                # outlive a restart) must not knock out the real session.  A
+                # client that really restarted goes quiet first.  Checked
+                # before the responder sees it, so its nonce stays usable.
+                live = True
+                continue
             try:
                 response, keys = responder.receive_init(body, peer.local_index)
             except handshake.CipherMismatch as e:
@@ -491,15 +501,6 @@ class Daemon:
                     continue
                 raise
             responder.confirm(peer.local_index)   # our index is fixed per peer
-            if self._session_live(peer, time.monotonic()) and \
-                    keys.remote_index != peer.remote_index:
-                # A new session while the current one is alive: a replay of
-                # an old init (it passes the MAC; the nonce cache does not
-                # outlive a restart) must not knock out the real session.  A
-                # client that really restarted goes quiet first.
-                raise handshake.HandshakeError(
-                    f"peer {peer.name}: a new session while the current one is live "
-                    "(a replayed init?)")
             self.answered[i] = (body, response)
             if peer.keys is not None and keys.remote_index == peer.remote_index:
                 # a rekey: new keys in the other phase; we send with them once
@@ -516,7 +517,9 @@ class Daemon:
             peer.keys, peer.keyed_at = keys, time.monotonic()
             break
         else:
-            raise handshake.HandshakeError("no configured peer key verifies it")
+            raise handshake.HandshakeError(
+                "a new session while the current one is live (a replayed init?)" if live
+                else "no configured peer key verifies it")
         self._reply_handshake(idx, raw_addr, reply_to, local, response)
 
     def _session_live(self, peer: Peer, now: float) -> bool:

@@ -130,7 +130,8 @@ class Peer:
     init_sent: float = -math.inf
     init_started: float = 0.0
     rekeying: bool = False
-    tx_at_key: int = 0                          # packets sent when the keys were installed
+    packets_sent: int = 0                       # data and control, at the last tick
+    tx_at_key: int = 0                          # packets_sent when the keys were installed
 
 
 def _pktinfo(local: tuple[int, bytes]) -> list:
@@ -184,7 +185,8 @@ class Daemon:
             yield from peer.paths.values()
 
     def _new_index(self) -> int:
-        """A session index no other peer uses (the peer's packets name it)."""
+        """A session index no peer uses, ours included (the peer's packets
+        name it; a client's new session must not reuse its current one)."""
         used = {p.local_index for p in self.peers.values()}
         while True:
             index = secrets.randbelow(0xFFFF) + 1
@@ -400,14 +402,13 @@ class Daemon:
         peer = self.peers[0]
         dead_after = max(0.5, 2 * self.cfg.idle_probe_interval)
         dead = peer.keys is None or (now - max(peer.heard, peer.keyed_at) > dead_after)
-        sent = sum(c["tx_packets"] + c["ctrl_tx"] for c in self.dp.counters(0)["path"])
         rekey = peer.keys is not None and (
             now - peer.keyed_at >= self.cfg.rekey_interval
-            or sent - peer.tx_at_key >= handshake.REKEY_AFTER_PACKETS)
+            or peer.packets_sent - peer.tx_at_key >= handshake.REKEY_AFTER_PACKETS)
         if peer.initiator is not None and peer.rekeying and dead:
             peer.initiator = None      # a rekey cannot help a session the server lost
         if peer.initiator is None and (dead or rekey):
-            index = peer.local_index if not dead else self._new_index_client(peer)
+            index = peer.local_index if not dead else self._new_index()
             peer.initiator = handshake.Initiator(peer.psk, index, self.cipher)
             peer.rekeying, peer.init_started, peer.init_sent = not dead, now, -math.inf
         elif (peer.initiator is not None and not peer.rekeying
@@ -419,12 +420,6 @@ class Daemon:
             for p in peer.paths.values():
                 if p.health.link_ok:
                     self._send_handshake(p, peer.initiator.init_message())
-
-    def _new_index_client(self, peer: Peer) -> int:
-        index = peer.local_index
-        while index == peer.local_index:
-            index = secrets.randbelow(0xFFFF) + 1
-        return index
 
     def _on_handshake(self, fd: int, pkt: bytes, src, reply_to, raw_addr, local) -> None:
         body = pkt[wire.HDR_LEN:]
@@ -469,7 +464,7 @@ class Daemon:
             log.info("session %d established with the server (%s)", keys.local_index,
                      handshake.CIPHER_NAMES[keys.cipher])
         peer.keys, peer.keyed_at, peer.initiator = keys, now, None
-        peer.tx_at_key = sum(c["tx_packets"] + c["ctrl_tx"] for c in self.dp.counters(0)["path"])
+        peer.tx_at_key = peer.packets_sent
         for p in peer.paths.values():   # the server learns our paths from probes
             if p.health.link_ok:
                 self._probe(p, now)
@@ -724,6 +719,7 @@ class Daemon:
     def _watch_peer(self, peer: Peer, now: float) -> None:
         counters = self.dp.counters(peer.index)["path"]
         total = sum(counters[p.index]["rx_packets"] for p in peer.paths.values())
+        peer.packets_sent = sum(c["tx_packets"] + c["ctrl_tx"] for c in counters)
         for p in list(peer.paths.values()):
             c = counters[p.index]
             p.tx_bytes, p.rx_bytes = c["tx_bytes"], c["rx_bytes"]

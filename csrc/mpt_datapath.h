@@ -43,6 +43,7 @@ struct mpt_counters {
     uint64_t drop_no_session;    /* no keys yet (handshake pending) */
     uint64_t drop_no_peer;       /* no peer's prefixes cover the inner destination */
     uint64_t drop_pacing;        /* every path at its rate for too long */
+    uint64_t overflow;           /* auto: sent beyond the measured capacities */
     uint64_t drop_malformed;     /* shorter than a header, or reserved bits set */
     uint64_t drop_version;       /* unknown version or type */
     uint64_t drop_unknown_session; /* no peer has that session index */

@@ -43,6 +43,7 @@ void mpt_sched_init(struct mpt_sched *s)
         p->burst_ns = 0;
         p->debt_ns = 0;
         p->paced_at = 0;
+        p->overflow_ns = 0;
         p->tier_mask = 0;
         p->active = 0;
     }
@@ -373,4 +374,41 @@ int mpt_sched_pick(struct mpt_sched *s, uint32_t bytes, int64_t now_ns, int64_t 
     if (retry_ns)
         *retry_ns = soonest;
     return MPT_SCHED_WAIT;
+}
+
+/* A path whose pace is its measured capacity (not a configured rate): in
+ * auto mode that is an estimate, and overflow may exceed it. */
+static int soft(const struct mpt_sched_path *p)
+{
+    return p->cap_bps <= 0 || (p->capacity_bps > 0 && p->capacity_bps < p->cap_bps);
+}
+
+int mpt_sched_overflow(struct mpt_sched *s, uint32_t bytes, int64_t now_ns)
+{
+    int best = -1;
+    int64_t best_at = 0;
+
+    if (s->mode != MPT_SCHED_AUTO)
+        return MPT_SCHED_WAIT;
+    for (int k = 0; k < s->n; k++) {
+        struct mpt_sched_path *p = &s->path[s->order[k]];
+        int64_t at;
+        if (!soft(p))
+            continue;
+        at = p->overflow_ns > now_ns ? p->overflow_ns : now_ns;
+        if (best < 0 || at < best_at) {
+            best = s->order[k];
+            best_at = at;
+        }
+    }
+    if (best < 0)
+        return MPT_SCHED_WAIT;
+    {
+        struct mpt_sched_path *b = &s->path[best];
+        /* unpaced (rate unknown): counted as 1 Gbit/s, just to take turns */
+        double nspb = b->ns_per_byte > 0 ? b->ns_per_byte : 8.0;
+        double step = (double)bytes * nspb;
+        b->overflow_ns = best_at + (step < 1e12 ? (int64_t)step : (int64_t)1e12);
+    }
+    return best;
 }

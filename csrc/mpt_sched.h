@@ -28,6 +28,15 @@
  *   for it later); in auto mode it is "full" and the packet spills.  When no
  *   active path has room, pick says when the first will: MPT_SCHED_WAIT.
  *
+ * Overflow (auto only): measured capacities are estimates, so a packet
+ *   that has waited MPT_SCHED_OVERFLOW_NS for room is not dropped but sent
+ *   on the path mpt_sched_overflow chooses: among the paths no configured
+ *   rate holds back, in proportion to their rates (each has a virtual clock
+ *   that advances by the packet's time at its rate, and never lags now).
+ *   The load beyond the estimates then meets the links' own limits, which
+ *   is how the estimates learn to grow, and a TCP flow is limited by the
+ *   links, not by our guess of them.  Rates set with `rate =` stay hard.
+ *
  * No allocation, O(paths) per pick; time is an argument (CLOCK_MONOTONIC
  * ns), so the tests are deterministic.  Not thread-safe: the caller locks.
  */
@@ -45,6 +54,7 @@
 #define MPT_SCHED_WAIT -2        /* every active path is out of tokens */
 
 #define MPT_SCHED_SAME_DELAY_US 1000  /* auto: delays this close share a tier */
+#define MPT_SCHED_OVERFLOW_NS 2000000  /* auto: a packet waits this long, then overflows */
 #define MPT_SCHED_MIN_BURST 3000      /* bytes: default bucket is 2 ms, at least this */
 #define MPT_SCHED_MIN_RATE_BPS 1000   /* rates below are raised to this */
 #define MPT_SCHED_MAX_RATE_BPS 1000000000000000  /* and above cut to this (1 Pbit/s) */
@@ -61,6 +71,7 @@ struct mpt_sched_path {
     double burst_ns;      /* bucket size in ns at that rate */
     double debt_ns;       /* bucket: ns of sending owed as of paced_at */
     int64_t paced_at;
+    int64_t overflow_ns;  /* auto overflow: this path's virtual clock */
     uint16_t tier_mask;   /* auto: the paths in its tier */
     uint8_t active;
 };
@@ -90,5 +101,9 @@ void mpt_sched_set_measure(struct mpt_sched *s, int idx, double capacity_bps, do
  * first time a path has room for it (absolute ns; exact: a pick of the same
  * size then succeeds, one ns earlier it does not). */
 int mpt_sched_pick(struct mpt_sched *s, uint32_t bytes, int64_t now_ns, int64_t *retry_ns);
+/* Auto mode, after pick said MPT_SCHED_WAIT for long enough: the path to
+ * send the packet on anyway (no tokens taken), or MPT_SCHED_WAIT if every
+ * active path is held by its configured rate (or not auto mode). */
+int mpt_sched_overflow(struct mpt_sched *s, uint32_t bytes, int64_t now_ns);
 
 #endif

@@ -86,15 +86,26 @@ static int peer_of(struct mpt_dp *dp, const uint8_t *pkt, uint32_t len)
     return peer;
 }
 
-/* Pick a path for one packet of `peer` and queue it.  Returns 0 if it was
- * queued or dropped, or MPT_SCHED_WAIT (with *retry set) if every path is
- * at its rate cap now. */
+/* Pick a path for one packet of `peer` (read from the TUN at `since`) and
+ * queue it.  Returns 0 if it was queued or dropped, or MPT_SCHED_WAIT (with
+ * *retry set) if every path is at its rate now.  In auto mode a packet that
+ * has waited MPT_SCHED_OVERFLOW_NS overflows (mpt_sched.h). */
 static int send_one(struct mpt_dp *dp, int peer, uint8_t *buf, uint32_t len, int64_t now,
-                    int64_t *retry)
+                    int64_t since, int64_t *retry)
 {
     struct mpt_peer *pe = &dp->peers[peer];
     /* Rates are of what the path carries: the whole datagram. */
-    int idx = mpt_sched_pick(&pe->sched, len + MPT_HDR_LEN + MPT_TAG_LEN, now, retry);
+    uint32_t bytes = len + MPT_HDR_LEN + MPT_TAG_LEN;
+    int idx = mpt_sched_pick(&pe->sched, bytes, now, retry);
+    if (idx == MPT_SCHED_WAIT && pe->sched.mode == MPT_SCHED_AUTO) {
+        if (now - since >= MPT_SCHED_OVERFLOW_NS) {
+            idx = mpt_sched_overflow(&pe->sched, bytes, now);
+            if (idx >= 0)
+                pe->counters.overflow++;
+        } else if (since + MPT_SCHED_OVERFLOW_NS < *retry) {
+            *retry = since + MPT_SCHED_OVERFLOW_NS;
+        }
+    }
     if (idx == MPT_SCHED_WAIT)
         return MPT_SCHED_WAIT;
     if (idx < 0 || pe->paths[idx].fd < 0 || pe->paths[idx].peerlen == 0) {
@@ -133,7 +144,7 @@ static void schedule(struct mpt_dp *dp, unsigned n, const uint32_t *lens)
         if (peer < 0)
             continue;
         /* Behind packets already waiting: keep the order. */
-        if (dp->backlog.n || send_one(dp, peer, dp->tx_buf[i], lens[i], now, &retry)) {
+        if (dp->backlog.n || send_one(dp, peer, dp->tx_buf[i], lens[i], now, now, &retry)) {
             if (!dp->backlog.n)
                 dp->backlog.retry_ns = retry;
             park(dp, peer, dp->tx_buf[i], lens[i], now);
@@ -180,7 +191,8 @@ void mpt_send_backlog(struct mpt_dp *dp, int64_t now)
         int peer = b->slot[h].peer;
         if (!dp->peers[peer].keyed) {
             dp->peers[peer].counters.drop_no_session++;
-        } else if (send_one(dp, peer, b->slot[h].buf, b->slot[h].len, now, &retry)) {
+        } else if (send_one(dp, peer, b->slot[h].buf, b->slot[h].len, now,
+                            b->slot[h].since_ns, &retry)) {
             if (now - b->slot[h].since_ns <= PACE_MAX_NS) {
                 b->retry_ns = retry;
                 break;

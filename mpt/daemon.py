@@ -46,6 +46,7 @@ NO_KEY = bytes(32)          # the "pre-shared key" of cipher = none without a ke
 HANDSHAKE_RESTART = 5.0     # an unanswered new-session handshake starts afresh this often
 HANDSHAKE_LOG_EVERY = 10.0  # at most one log line about refused handshakes this often
 SESSION_LIVE = 0.5          # server: a session this recently heard from is not replaced
+SAME_TIER_DELAY = 0.001     # auto: one-way delays this close are one tier (MPT_SCHED_SAME_DELAY_US)
 
 
 def _printable(name: str) -> str:
@@ -363,12 +364,39 @@ class Daemon:
         """Scheduled to carry data (both sides compute the same table)."""
         return any(e.index == index and e.active for e in peer.table)
 
+    def _share(self, peer: Peer, p: Path) -> float:
+        """p's part of the data over the other scheduled paths' part, as the
+        stall detector should expect it.  `weighted`: by the weights (both
+        sides know them: the client announces them).  `auto`: the sender
+        fills the lowest-delay tier first, so only a path of that tier must
+        carry data whenever others do, in the part it has been getting; a
+        spill path may go quiet any time (its probes still time out)."""
+        others = [peer.paths[e.index] for e in peer.table if e.active and e.index != p.index]
+        if self.cfg.scheduler == "auto":
+            mine = p.health.rtt.srtt
+            fastest = min((q.health.rtt.srtt for q in others if q.health.rtt.srtt is not None),
+                          default=None)
+            if mine is None or (fastest is not None and mine > fastest + 2 * SAME_TIER_DELAY):
+                return 0.0
+            return p.stall.seen_share()
+        weight = sum(q.weight for q in others)
+        return p.weight / weight if weight > 0 else 0.0
+
     @staticmethod
-    def _share(peer: Peer, p: Path) -> float:
-        """p's weight over the other scheduled paths' weight (both sides
-        know the weights: the client announces them)."""
-        others = sum(e.weight for e in peer.table if e.active and e.index != p.index)
-        return p.weight / others if others > 0 else 0.0
+    def _delay_spread(peer: Peer, p: Path) -> tuple[float, float]:
+        """(lag, lead): how much later p's data may arrive than the fastest
+        other scheduled path's, and how much earlier than the slowest's.
+        From RTTs (one-way delays need not be symmetric, so the whole RTT
+        difference), each plus twice the largest RTT variation (jitter)."""
+        others = [peer.paths[e.index].health.rtt for e in peer.table
+                  if e.active and e.index != p.index]
+        mine = p.health.rtt
+        known = [r.srtt for r in others if r.srtt is not None]
+        if mine.srtt is None or not known:
+            return 0.0, 0.0
+        jitter = 2 * max(r.rttvar or 0.0 for r in others + [mine])
+        return (max(0.0, mine.srtt - min(known)) + jitter,
+                max(0.0, max(known) - mine.srtt) + jitter)
 
     def _usable_mask(self) -> int:
         return sum(1 << p.index for p in self.paths.values() if p.usable)
@@ -732,7 +760,8 @@ class Daemon:
             p.stall.update(now, p.last_rx, total)
         for p in list(peer.paths.values()):
             # a path the peer schedules no data on (a standby backup) may go quiet
-            if self._active(peer, p.index) and p.stall.stalled(now, total, self._share(peer, p)):
+            if self._active(peer, p.index) and p.stall.stalled(
+                    now, total, self._share(peer, p), *self._delay_spread(peer, p)):
                 self._on_stall_detected(peer, p, now)
             if self.server:
                 self._server_tick(peer, p, now)

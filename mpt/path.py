@@ -16,6 +16,7 @@ no probe reply and no data.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 
 UP_AFTER = 2              # consecutive replies that bring a probing path up
@@ -215,19 +216,27 @@ class StallDetector:
     take the path out within tens of milliseconds (silent failure).
 
     Fed at each check with the path's cumulative received-packet counter and
-    the total over all paths."""
+    the total over all paths.  Paths of unequal delay are judged fairly: a
+    packet that arrived on a fast path at t has its companions on a path d
+    slower due by t + d, and the last packets of a burst keep arriving on a
+    slow path after a fast one has delivered its last (see `stalled`)."""
 
     min_stall: float = 0.02       # never report a gap shorter than this
     factor: float = 8.0           # ... or than this many mean inter-arrivals
     missed: float = 4.0           # ... or before the path missed this many packets
+    history_span: float = 1.0     # how far back the totals are kept (bounds lag + lead)
     count: int | None = None
     last_arrival: float | None = None
     total_at_arrival: int = 0         # all paths' packets at the last arrival here
     gap_mean: float | None = None     # EWMA of the time per packet
+    share_seen: float | None = None   # EWMA of this path's part of all arrivals
     reported: bool = False
     fresh: bool = True                # no arrival yet to measure a gap from
+    _totals: deque = field(default_factory=deque)   # (time, total) when total moved
+    _last_total: int | None = None
 
     def update(self, now: float, count: int, total: int) -> None:
+        self._remember(now, count, total)
         if self.count is None or count < self.count:
             self.count, self.fresh, self.total_at_arrival = count, True, total
             return
@@ -240,23 +249,63 @@ class StallDetector:
             self.total_at_arrival = total
             self.reported = False
 
+    def _remember(self, now: float, count: int, total: int) -> None:
+        last = self._last_total
+        if last is not None and total > last and self.count is not None and count >= self.count:
+            frac = min(1.0, (count - self.count) / (total - last))
+            self.share_seen = frac if self.share_seen is None else 0.9 * self.share_seen + 0.1 * frac
+        if last is None or total != last:
+            self._totals.append((now, total))
+        self._last_total = total
+        # keep one sample older than the span: the total as of the span's start
+        while len(self._totals) > 1 and self._totals[1][0] < now - self.history_span:
+            self._totals.popleft()
+
+    def _total_as_of(self, t: float) -> int | None:
+        """All paths' packet total as it was at time t (None: unknown)."""
+        best = None
+        for when, total in self._totals:
+            if when > t:
+                break
+            best = total
+        return best
+
     def restart(self, now: float) -> None:
         """The path (re)enters the schedule: judge it only by what arrives
         from now on, at the rate it will have from now on."""
         self.gap_mean, self.reported, self.fresh = None, False, True
 
-    def stalled(self, now: float, total: int, share: float) -> bool:
+    def seen_share(self) -> float:
+        """This path's recent part of the arrivals over the others' part."""
+        s = self.share_seen or 0.0
+        return s / (1 - s) if s < 1 else float("inf")
+
+    def stalled(self, now: float, total: int, share: float,
+                lag: float = 0.0, lead: float = 0.0) -> bool:
         """True once per stall: a flowing path went quiet for longer than the
         stall limit while the other paths kept delivering, so many packets
         that this one should have had `missed` of them by now.  `share`: its
-        weight over the other scheduled paths' weight.  (Traffic that simply
-        ends, or a sparse flow whose next lone packet went elsewhere, gives
-        the others too few packets to count.)"""
-        if self.reported or self.gap_mean is None or self.last_arrival is None:
+        part of the traffic over the other scheduled paths' part.  (Traffic
+        that simply ends, or a sparse flow whose next lone packet went
+        elsewhere, gives the others too few packets to count.)
+
+        Unequal delays: `lag` is how much later than the fastest other path
+        this one's packets may arrive, `lead` how much earlier than the
+        slowest (each with its jitter).  What the others delivered counts
+        only from `lead` after this path's last arrival (before that they
+        still deliver what was sent before its last packet: the end of a
+        burst) until `lag` ago (this path's companions of later arrivals
+        may still be on their way: the start of one)."""
+        if self.reported or self.gap_mean is None or self.last_arrival is None or share <= 0:
             return False
-        if now - self.last_arrival <= max(self.min_stall, self.factor * self.gap_mean):
+        lag = min(max(0.0, lag), self.history_span / 2)
+        lead = min(max(0.0, lead), self.history_span / 2)
+        start, end = self.last_arrival + lead, now - lag
+        if end - start <= max(self.min_stall, self.factor * self.gap_mean):
             return False
-        if (total - self.total_at_arrival) * share >= self.missed:
+        before = self.total_at_arrival if lead == 0 else self._total_as_of(start)
+        after = total if lag == 0 else self._total_as_of(end)
+        if before is not None and after is not None and (after - before) * share >= self.missed:
             self.reported = True
             return True
         return False

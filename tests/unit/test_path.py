@@ -219,3 +219,61 @@ def test_stall_detector_scales_with_slow_flows():
     count, total = feed(d, [i * 0.1 for i in range(20)])   # 10 packets per second
     assert not d.stalled(1.9 + 0.5, total + 5, share=1.0)  # 8 gaps = 0.8 s not over
     assert d.stalled(1.9 + 0.81, total + 8, share=1.0)
+
+
+def test_stall_detector_waits_out_the_delay_spread():
+    """Path 1 is 30 ms slower than path 2.  After a pause, a new burst shows
+    up on path 2 first: 30 ms of its packets are no evidence against path 1."""
+    d = StallDetector()
+    count, total = feed(d, [i * 0.001 for i in range(100)])
+    # pause until 1.0 s; then only the fast path delivers, 2 packets per ms
+    for i in range(30):
+        total += 2
+        d.update(1.0 + i * 0.001, count, total)
+        assert not d.stalled(1.0 + i * 0.001, total, share=1.0, lag=0.035)
+    assert d.stalled(1.0 + 0.03, total, share=1.0) # without the allowance: a false stall
+
+
+def test_stall_detector_with_allowance_still_finds_a_real_stall():
+    d = StallDetector()
+    count, total = feed(d, [i * 0.001 for i in range(100)])   # last arrival 0.099
+    t = 0.099
+    while not d.stalled(t, total, share=1.0, lag=0.035):
+        t += 0.001
+        total += 2
+        d.update(t, count, total)
+        assert t < 0.2
+    # quiet for the stall limit plus the lag, and the evidence is old enough
+    assert t - 0.099 > 0.02 + 0.035
+    assert t - 0.099 < 0.02 + 0.035 + 0.01
+
+
+def test_stall_detector_learns_the_share_it_gets():
+    d = StallDetector()
+    feed(d, [i * 0.001 for i in range(200)], others_per_step=3)   # a quarter of the packets
+    assert d.seen_share() == pytest.approx(1 / 3, rel=0.05)
+
+
+def test_stall_detector_lets_a_slow_path_finish_the_burst():
+    """The watched path is 30 ms faster: when a burst ends, its last packet
+    arrives 30 ms before the slow path's last ones."""
+    d = StallDetector()
+    count, total = feed(d, [i * 0.001 for i in range(100)])   # last arrival 0.099
+    for i in range(1, 31):                     # the slow path finishes the burst
+        total += 2
+        d.update(0.099 + i * 0.001, count, total)
+        assert not d.stalled(0.099 + i * 0.001, total, share=1.0, lead=0.035)
+    assert not d.stalled(0.5, total, share=1.0, lead=0.035)   # and then all is quiet
+    assert d.stalled(0.5, total, share=1.0)                  # without the lead: false stall
+
+
+def test_stall_detector_with_lead_still_finds_a_real_stall():
+    d = StallDetector()
+    count, total = feed(d, [i * 0.001 for i in range(100)])
+    t = 0.099
+    while not d.stalled(t, total, share=1.0, lead=0.035):
+        t += 0.001
+        total += 2
+        d.update(t, count, total)
+        assert t < 0.2
+    assert 0.02 + 0.035 < t - 0.099 < 0.02 + 0.035 + 0.01

@@ -558,3 +558,48 @@ def test_hold_time_follows_rtt_spread_and_is_bounded():
     assert scheduler.MIN_HOLD <= near < far
     assert far == pytest.approx(0.110)
     assert scheduler.hold_time(None, [0.01, 10.0]) == scheduler.MAX_HOLD
+
+
+# -- auto overflow: beyond the estimates, by capacity, never past a cap -----------
+
+def overflow_picks(s, n, now=0):
+    return [lib.mpt_sched_overflow(s, MTU, now) for _ in range(n)]
+
+
+def test_overflow_splits_by_capacity_over_all_tiers():
+    s = auto((20, 30), (100, 5), (5, 80))
+    seq = overflow_picks(s, 2500)
+    assert [seq.count(i) for i in range(3)] == pytest.approx([400, 2000, 100], abs=2)
+
+
+def test_overflow_takes_no_tokens():
+    s = auto((100, 5),)
+    while pick(s, MTU, 0) != WAIT:                # empty the bucket
+        pass
+    before = pick_at(s, MTU, 0)
+    assert overflow_picks(s, 100) == [0] * 100
+    assert pick_at(s, MTU, 0) == before
+
+
+def test_overflow_never_exceeds_a_configured_rate():
+    s = auto((20, 30), (100, 5))
+    lib.mpt_sched_set_rate(s, 1, 50 * MBIT, 0)    # the cap binds: a hard limit
+    assert set(overflow_picks(s, 100)) == {0}
+    lib.mpt_sched_set_rate(s, 0, 10 * MBIT, 0)
+    assert set(overflow_picks(s, 10)) == {WAIT}
+    lib.mpt_sched_set_rate(s, 1, 500 * MBIT, 0)   # cap above the estimate: soft again
+    assert set(overflow_picks(s, 10)) == {1}
+
+
+def test_overflow_gives_an_idle_path_no_burst_credit():
+    s = auto((50, 5), (50, 5))
+    overflow_picks(s, 1000, now=0)                # both clocks run ahead of now...
+    later = 10 * SEC                              # ...and are then left behind by it
+    seq = overflow_picks(s, 100, now=later)
+    assert seq.count(0) == pytest.approx(50, abs=1)
+
+
+def test_overflow_is_auto_only():
+    s = make([1, 1])
+    lib.mpt_sched_set_rate(s, 0, 10 * MBIT, 0)
+    assert set(overflow_picks(s, 5)) == {WAIT}

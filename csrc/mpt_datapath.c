@@ -141,6 +141,8 @@ int mpt_dp_set_session(struct mpt_dp *dp, int peer, uint16_t local_index, uint16
     p->rx_ok[0] = p->rx_ok[1] = 0;
     p->tx_seq = 0;
     memset(p->tx_flow_seq, 0, sizeof(p->tx_flow_seq));
+    memset(p->tx_flow_path, -1, sizeof(p->tx_flow_path));
+    memset(p->tx_flow_run, 0, sizeof(p->tx_flow_run));
     mpt_replay_reset(&p->replay);
     mpt_reorder_reset(p->reorder);
     p->counters.sessions++;
@@ -289,7 +291,7 @@ int mpt_dp_send_control(struct mpt_dp *dp, int peer, int idx, const uint8_t *bod
     p = &pe->paths[idx];
     if (pe->keyed && p->fd >= 0 && p->peerlen) {
         memcpy(dp->ctrl_buf + MPT_HDR_LEN, body, len);
-        n = mpt_peer_seal(pe, dp->ctrl_buf, len, MPT_TYPE_CONTROL, idx, 0, 0);
+        n = mpt_peer_seal(pe, dp->ctrl_buf, len, MPT_TYPE_CONTROL, idx, 0, 0, 0);
         iov.iov_base = dp->ctrl_buf;
         iov.iov_len = n;
         memset(&m, 0, sizeof(m));

@@ -40,6 +40,8 @@ struct mpt_peer {
     struct mpt_replay replay;
     uint64_t tx_seq;
     uint16_t tx_flow_seq[MPT_FLOW_BUCKETS];
+    int8_t tx_flow_path[MPT_FLOW_BUCKETS];   /* path of the bucket's last packet, -1 none */
+    uint8_t tx_flow_run[MPT_FLOW_BUCKETS];   /* ... and how many before it went there too */
 
     struct mpt_path paths[MPT_MAX_PATHS];
     struct mpt_sched sched;
@@ -120,7 +122,7 @@ int mpt_peer_by_session(struct mpt_dp *dp, uint16_t local_index);
 /* Header + seal a packet of `len` payload bytes at buf + MPT_HDR_LEN;
  * returns the datagram length, or 0 if it cannot be sealed. */
 uint32_t mpt_peer_seal(struct mpt_peer *p, uint8_t *buf, uint32_t len, uint8_t type, int idx,
-                       uint16_t bucket, uint16_t flow_seq);
+                       uint16_t bucket, uint16_t flow_seq, unsigned run);
 /* send.c: read a batch from the TUN device and send it on the paths;
  * retry what waits for a paced path. */
 void mpt_send_from_tun(struct mpt_dp *dp);

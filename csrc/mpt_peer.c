@@ -87,12 +87,13 @@ int mpt_peer_by_session(struct mpt_dp *dp, uint16_t local_index)
 }
 
 uint32_t mpt_peer_seal(struct mpt_peer *p, uint8_t *buf, uint32_t len, uint8_t type, int idx,
-                       uint16_t bucket, uint16_t flow_seq)
+                       uint16_t bucket, uint16_t flow_seq, unsigned run)
 {
     struct mpt_hdr h = {
         .version = MPT_VERSION,
         .type = type,
         .phase = p->tx_phase,
+        .run = (uint8_t)(run > MPT_HDR_RUN_MAX ? MPT_HDR_RUN_MAX : run),
         .path = (uint8_t)idx,
         .session = p->remote_index,
         .bucket = bucket,

@@ -226,7 +226,7 @@ static void receive_one(struct mpt_dp *dp, int fd, unsigned i, int64_t now)
         learn(dp, pe, idx, fd, i);
     pe->counters.path[idx].rx_packets++;
     pe->counters.path[idx].rx_bytes += len;
-    mpt_reorder_input(pe->reorder, h.seq, h.bucket, h.flow_seq, idx, pkt + MPT_HDR_LEN,
+    mpt_reorder_input(pe->reorder, h.seq, h.bucket, h.flow_seq, idx, h.run, pkt + MPT_HDR_LEN,
                       (uint32_t)n, now);
 }
 

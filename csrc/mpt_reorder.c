@@ -2,6 +2,7 @@
 #include <string.h>
 #include <endian.h>
 #include "mpt_reorder.h"
+#include "mpt_wire.h"
 
 /* Wrap-safe tunnel sequence order: a is before b. */
 static inline int seq_before(uint64_t a, uint64_t b)
@@ -157,11 +158,30 @@ static void deliver_held(struct mpt_reorder *r, uint32_t b, uint32_t pos)
     r->deliver(r->ctx, r->data + (size_t)s * r->slot_size, m->len);
 }
 
+/* `next` is missing: is there a packet held within a run's reach after it
+ * whose run says next went before it on its FIFO path (so next is lost)? */
+static int next_lost(const struct mpt_reorder *r, uint32_t b)
+{
+    const struct mpt_reorder_bucket *B = &r->buckets[b];
+    for (unsigned k = 1; k <= MPT_HDR_RUN_MAX && k < r->nslots; k++) {
+        uint32_t pos = pos_of(r, (uint16_t)(B->next + k));
+        if (is_held(r, b, pos) && r->meta[ring_of(r, b)[pos]].run >= k)
+            return 1;
+    }
+    return 0;
+}
+
 static void release_in_order(struct mpt_reorder *r, uint32_t b)
 {
     struct mpt_reorder_bucket *B = &r->buckets[b];
-    while (B->nheld > 0 && is_held(r, b, pos_of(r, B->next))) {
-        deliver_held(r, b, pos_of(r, B->next));
+    while (B->nheld > 0) {
+        if (is_held(r, b, pos_of(r, B->next))) {
+            deliver_held(r, b, pos_of(r, B->next));
+        } else if (next_lost(r, b)) {
+            r->stats.skipped++;
+        } else {
+            break;
+        }
         B->next++;
     }
 }
@@ -322,7 +342,7 @@ static void evict(struct mpt_reorder *r, uint32_t s)
 }
 
 static void store(struct mpt_reorder *r, uint32_t b, uint64_t seq, uint16_t flow_seq,
-                  const uint8_t *data, uint32_t len, int64_t now_ns)
+                  unsigned run, const uint8_t *data, uint32_t len, int64_t now_ns)
 {
     struct mpt_reorder_bucket *B = &r->buckets[b];
     uint32_t s = slot_of(r, seq), pos = pos_of(r, flow_seq);
@@ -333,6 +353,7 @@ static void store(struct mpt_reorder *r, uint32_t b, uint64_t seq, uint16_t flow
     m->len = len;
     m->bucket = b;
     m->flow_seq = flow_seq;
+    m->run = (uint8_t)run;
     m->state = MPT_SLOT_HELD;
     ring_of(r, b)[pos] = (uint16_t)s;
     bits_of(r, b)[pos >> 6] |= 1ull << (pos & 63);
@@ -346,7 +367,7 @@ static void store(struct mpt_reorder *r, uint32_t b, uint64_t seq, uint16_t flow
 
 /* Deliver, hold or drop the packet in its bucket. */
 static void place(struct mpt_reorder *r, uint32_t b, uint64_t seq, uint16_t flow_seq,
-                 const uint8_t *data, uint32_t len, int64_t now_ns)
+                  unsigned run, const uint8_t *data, uint32_t len, int64_t now_ns)
 {
     struct mpt_reorder_bucket *B = &r->buckets[b];
     uint16_t d = (uint16_t)(flow_seq - B->next);
@@ -363,6 +384,12 @@ static void place(struct mpt_reorder *r, uint32_t b, uint64_t seq, uint16_t flow
         while (B->nheld > 0)
             release_through_head(r, b);
         r->stats.skipped += (uint16_t)(flow_seq - B->next);
+        B->next = flow_seq;
+        d = 0;
+    }
+    if (d > 0 && d <= run && B->nheld == 0) {
+        /* the d packets missing went before this one on its FIFO path */
+        r->stats.skipped += d;
         B->next = flow_seq;
         d = 0;
     }
@@ -392,11 +419,17 @@ static void place(struct mpt_reorder *r, uint32_t b, uint64_t seq, uint16_t flow
             return;
         }
     }
-    store(r, b, seq, flow_seq, data, len, now_ns);
+    store(r, b, seq, flow_seq, run, data, len, now_ns);
+    if (run > 0 && d <= run) {
+        /* it may prove the gap before the packets held ahead of it lost */
+        release_in_order(r, b);
+        update_head(r, b);
+    }
 }
 
 void mpt_reorder_input(struct mpt_reorder *r, uint64_t seq, uint32_t bucket, uint16_t flow_seq,
-                       int path, const uint8_t *data, uint32_t len, int64_t now_ns)
+                       int path, unsigned run, const uint8_t *data, uint32_t len,
+                       int64_t now_ns)
 {
     if (len > r->slot_size) {
         r->stats.too_big++;
@@ -407,7 +440,8 @@ void mpt_reorder_input(struct mpt_reorder *r, uint64_t seq, uint32_t bucket, uin
         r->has_frontier[path] = 1;
         mark_alive(r, path, now_ns);
     }
-    place(r, bucket % r->nbuckets, seq, flow_seq, data, len, now_ns);
+    place(r, bucket % r->nbuckets, seq, flow_seq, run > MPT_HDR_RUN_MAX ? MPT_HDR_RUN_MAX : run,
+          data, len, now_ns);
     /* The new frontier may prove gaps in any bucket. */
     if (r->nheld > 0)
         service_all(r, now_ns);

@@ -8,6 +8,9 @@
  * back another, and a flow whose packets arrive in order is never held.
  *
  * A gap in a bucket is given up ("skipped") as soon as
+ *   - the packet after it says (its run) that the missing ones went before
+ *     it on its FIFO path: they are lost (a flow that uses one path only is
+ *     never held), or
  *   - every path heard from within the alive window (data or control) has
  *     delivered a tunnel seq at or past that of the first packet held
  *     behind the gap: paths are FIFO and the missing packets were sent
@@ -72,6 +75,7 @@ struct mpt_slot_meta {
     uint32_t len;
     uint32_t bucket;
     uint16_t flow_seq;
+    uint8_t run;            /* this many packets right before it in its bucket went on its path */
     uint8_t state;          /* enum mpt_slot_state; DELIVERED lets duplicates be told from late */
 };
 
@@ -125,9 +129,12 @@ void mpt_reorder_heard(struct mpt_reorder *r, int path, int64_t now_ns);
  * that carries only probes stop blocking the loss proof. */
 void mpt_reorder_heard_upto(struct mpt_reorder *r, int path, uint64_t next_seq, int64_t now_ns);
 /* Feed one data packet that arrived on `path` at `now_ns`.  A bucket
- * >= nbuckets is taken modulo nbuckets. */
+ * >= nbuckets is taken modulo nbuckets.  `run`: the sender says that many
+ * of the bucket's packets right before this one went on this path too
+ * (mpt_wire.h). */
 void mpt_reorder_input(struct mpt_reorder *r, uint64_t seq, uint32_t bucket, uint16_t flow_seq,
-                       int path, const uint8_t *data, uint32_t len, int64_t now_ns);
+                       int path, unsigned run, const uint8_t *data, uint32_t len,
+                       int64_t now_ns);
 /* Release what time or the paths' progress allow, in every bucket; call
  * when the deadline passes. */
 void mpt_reorder_tick(struct mpt_reorder *r, int64_t now_ns);

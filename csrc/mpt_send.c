@@ -45,8 +45,15 @@ static void queue_packet(struct mpt_dp *dp, int peer, int idx, uint8_t *pkt, uin
     struct mpt_path *p = &pe->paths[idx];
     struct mpt_txq *q = &dp->txq[peer * MPT_MAX_PATHS + idx];
     uint32_t bucket = mpt_flow_bucket(pkt + MPT_HDR_LEN, len, MPT_FLOW_BUCKETS);
+    /* the run: how many of the bucket's packets right before this one went
+     * on this path too (the receiver need not wait for them, mpt_wire.h) */
+    unsigned run = pe->tx_flow_path[bucket] != idx ? 0
+                   : pe->tx_flow_run[bucket] < MPT_HDR_RUN_MAX ? pe->tx_flow_run[bucket] + 1u
+                   : MPT_HDR_RUN_MAX;
     uint32_t n = mpt_peer_seal(pe, pkt, len, MPT_TYPE_DATA, idx, (uint16_t)bucket,
-                               pe->tx_flow_seq[bucket]++);
+                               pe->tx_flow_seq[bucket]++, run);
+    pe->tx_flow_path[bucket] = (int8_t)idx;
+    pe->tx_flow_run[bucket] = (uint8_t)run;
     unsigned i = q->n;
     if (n == 0) {
         pe->counters.path[idx].tx_errors++;

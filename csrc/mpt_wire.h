@@ -2,7 +2,7 @@
  *
  *   0      1      2        4        6          8                  16
  *   +------+------+--------+--------+----------+------------------+
- *   |ver|ty|ph|pth| session| bucket | flow_seq |        seq       | payload+tag
+ *   |ver|ty|ph|run|r|pth|sess| bucket | flow_seq |        seq       | payload+tag
  *   +------+------+--------+--------+----------+------------------+
  *
  * ver  (4 bits)  MPT_VERSION; a receiver drops any other version.
@@ -13,6 +13,11 @@
  * ph   (1 bit)   key phase: which of the receiver's two keys opens it
  *                (rekeying flips it while packets of the old phase are
  *                still in flight).
+ * run  (2 bits)  DATA: how many of this bucket's packets right before it
+ *                (at most 3) went on this same path.  Paths are FIFO, so
+ *                such a packet missing when this one arrives is lost: the
+ *                receiver need not wait for it (a flow on one path is
+ *                never held).  The bit between run and pth is reserved.
  * pth  (4 bits)  the client's index of the path the packet travels on.
  * session        the RECEIVER's session index, chosen by it in the
  *                handshake: it picks the peer and its keys.
@@ -38,12 +43,15 @@
 #define MPT_TYPE_CONTROL 1
 #define MPT_TYPE_HANDSHAKE 2
 #define MPT_HDR_LEN 16
+#define MPT_HDR_RUN_SHIFT 5      /* in byte 1 */
+#define MPT_HDR_RUN_MAX 3
 #define MPT_TAG_RESERVE 16
 
 struct mpt_hdr {
     uint8_t version;
     uint8_t type;
     uint8_t phase;
+    uint8_t run;
     uint8_t path;
     uint16_t session;
     uint16_t bucket;
@@ -57,7 +65,8 @@ static inline void mpt_hdr_write(uint8_t *p, const struct mpt_hdr *h)
     uint16_t fseq = htobe16(h->flow_seq);
     uint64_t seq = htobe64(h->seq);
     p[0] = (uint8_t)((h->version << 4) | (h->type & 0x0f));
-    p[1] = (uint8_t)(((h->phase & 1) << 7) | (h->path & 0x0f));
+    p[1] = (uint8_t)(((h->phase & 1) << 7) | ((h->run & MPT_HDR_RUN_MAX) << MPT_HDR_RUN_SHIFT)
+                     | (h->path & 0x0f));
     memcpy(p + 2, &sess, 2);
     memcpy(p + 4, &bucket, 2);
     memcpy(p + 6, &fseq, 2);
@@ -70,11 +79,12 @@ static inline int mpt_hdr_read(const uint8_t *p, size_t len, struct mpt_hdr *h)
 {
     uint16_t sess, bucket, fseq;
     uint64_t seq;
-    if (len < MPT_HDR_LEN || (p[1] & 0x70))
+    if (len < MPT_HDR_LEN || (p[1] & 0x10))
         return -1;
     h->version = p[0] >> 4;
     h->type = p[0] & 0x0f;
     h->phase = p[1] >> 7;
+    h->run = (p[1] >> MPT_HDR_RUN_SHIFT) & MPT_HDR_RUN_MAX;
     h->path = p[1] & 0x0f;
     memcpy(&sess, p + 2, 2);
     memcpy(&bucket, p + 4, 2);

@@ -24,11 +24,12 @@ class Reorder:
                                      ffi.addressof(lib, "mpt_sink_record"), self.sink)
         assert self.r != ffi.NULL
 
-    def input(self, seq, fseq, now, bucket=0, path=0, payload_id=None, size=16):
+    def input(self, seq, fseq, now, bucket=0, path=0, payload_id=None, size=16,
+              run=0):
         pid = seq if payload_id is None else payload_id
         data = struct.pack("!Q", pid % 2**64) + bytes(size - 8)
-        lib.mpt_reorder_input(self.r, seq % 2**64, bucket, fseq % 2**16, path, data,
-                              len(data), now)
+        lib.mpt_reorder_input(self.r, seq % 2**64, bucket, fseq % 2**16, path, run,
+                              data, len(data), now)
 
     def heard(self, path, now):
         lib.mpt_reorder_heard(self.r, path, now)
@@ -498,7 +499,7 @@ def test_flow_seq_wraps_at_2_to_the_16():
     r = Reorder()
     data = bytes(16)
     for s in range(65533):          # in order up to the wrap
-        lib.mpt_reorder_input(r.r, s, 0, s, 0, data, 16, 0)
+        lib.mpt_reorder_input(r.r, s, 0, s, 0, 0, data, 16, 0)
     assert r.stats.delivered == 65533 and r.bucket(0).next == 65533
     seqs = [65533 + k for k in (0, 2, 1, 3, 5, 4, 6)]   # each path stays FIFO
     for i, s in enumerate(seqs):
@@ -731,3 +732,73 @@ def test_losses_are_proven_by_the_paths_and_nothing_arrives_too_late(seed):
     assert r.stats.skipped == sum(1 for s in lost if s < last.get(sent[s][0], -1))
     assert r.timeouts_in_stream == 0
     assert r.r.nheld == 0
+
+
+# -- the sender's run: a flow on one path is never held -------------------------
+# Path 1 is live but idle (its frontier proves nothing); the flow is bucket 1.
+
+def test_gap_covered_by_the_run_is_a_loss_at_once():
+    r = Reorder()
+    r.input(0, 0, 0, path=1)
+    r.input(1, 0, 0, path=0, bucket=1)
+    r.input(3, 2, MS, path=0, bucket=1, run=1)       # flow_seq 1 went before it on path 0
+    assert r.out == [0, 1, 3]
+    assert r.stats.held == 0 and r.stats.skipped == 1 and r.stats.timeouts == 0
+
+
+def test_two_losses_in_a_row_covered_by_the_run():
+    r = Reorder()
+    r.input(0, 0, 0, path=1)
+    r.input(1, 0, 0, path=0, bucket=1)
+    r.input(4, 3, MS, path=0, bucket=1, run=2)
+    assert r.out == [0, 1, 4] and r.stats.skipped == 2 and r.stats.held == 0
+
+
+def test_without_a_run_the_same_gap_waits():
+    r = Reorder()
+    r.input(0, 0, 0, path=1)
+    r.input(1, 0, 0, path=0, bucket=1)
+    r.input(3, 2, MS, path=0, bucket=1)
+    assert r.out == [0, 1] and r.stats.held == 1
+
+
+def test_the_run_proves_only_as_far_as_it_reaches():
+    """flow_seq 1 and 2 missing, 3 has run 1: 2 is lost, 1 may still come on
+    the other path; when it does, 2 is skipped without waiting."""
+    r = Reorder()
+    r.input(0, 0, 0, path=1)
+    r.input(1, 0, 0, path=0, bucket=1)
+    r.input(4, 3, MS, path=0, bucket=1, run=1)
+    assert r.out == [0, 1] and r.stats.held == 1
+    r.input(2, 1, 2 * MS, path=1, bucket=1)
+    assert r.out == [0, 1, 2, 4]
+    assert r.stats.skipped == 1 and r.stats.timeouts == 0 and r.bucket(1).nheld == 0
+
+
+def test_a_run_reaching_past_a_held_packet_releases_it_in_order():
+    """flow_seq 1 missing, 2 held (it came on path 1), then 3 with run 2 on
+    path 0: 1 went on path 0 before 3, so it is lost; 2 and 3 follow."""
+    r = Reorder()
+    r.input(0, 0, 0, path=2)                          # holds back the frontier proof
+    r.input(1, 0, 0, path=0, bucket=1)
+    r.input(3, 2, MS, path=1, bucket=1)
+    assert r.out == [0, 1]
+    r.input(4, 3, 2 * MS, path=0, bucket=1, run=2)
+    assert r.out == [0, 1, 3, 4] and r.stats.skipped == 1 and r.bucket(1).nheld == 0
+
+
+def test_a_run_on_a_duplicate_of_a_held_packet_skips_nothing():
+    r = Reorder()
+    r.input(0, 0, 0, path=2)                          # holds back the frontier proof
+    r.input(1, 0, 0, path=0, bucket=1)
+    r.input(3, 2, MS, path=1, bucket=1)               # held behind flow_seq 1
+    r.input(3, 2, MS, path=0, bucket=1, run=1)        # the same again, with a run
+    assert r.out == [0, 1] and r.stats.duplicates == 1 and r.stats.skipped == 0
+
+
+def test_runs_above_the_wire_maximum_are_capped():
+    r = Reorder()
+    r.input(0, 0, 0, path=1)
+    r.input(1, 0, 0, path=0, bucket=1)
+    r.input(6, 5, MS, path=0, bucket=1, run=200)     # claims more than 3: only 3 count
+    assert r.out == [0, 1] and r.stats.held == 1

@@ -9,7 +9,7 @@
  *                    bucket and sequence), seal it and queue it on that
  *                    path; a packet every path is too busy for waits in
  *                    the pacing backlog, at most MPT_PACE_MAX_MS;
- *   3. flush         one sendmmsg per path, without the lock.  A full send
+ *   3. flush         one sendmmsg per path, still under the lock.  A full send
  *                    buffer or an error on one path drops (and counts) that
  *                    path's packets; it never holds up another path.
  */
@@ -142,10 +142,10 @@ static void park(struct mpt_dp *dp, int peer, const uint8_t *buf, uint32_t len, 
     b->n++;
 }
 
+/* Called with dp->lock held. */
 static void schedule(struct mpt_dp *dp, unsigned n, const uint32_t *lens)
 {
     int64_t now = mpt_now_ns(), retry = 0;
-    pthread_mutex_lock(&dp->lock);
     for (unsigned i = 0; i < n; i++) {
         int peer = peer_of(dp, dp->tx_buf[i] + MPT_HDR_LEN, lens[i]);
         if (peer < 0)
@@ -157,9 +157,13 @@ static void schedule(struct mpt_dp *dp, unsigned n, const uint32_t *lens)
             park(dp, peer, dp->tx_buf[i], lens[i], now);
         }
     }
-    pthread_mutex_unlock(&dp->lock);
 }
 
+/* Send what is queued on every path.  Called with dp->lock held, in the
+ * same hold as the sealing: a control packet (mpt_dp_send_control, which
+ * takes the lock) then never leaves ahead of data sealed before it, which
+ * would let the receiver's reorder buffer take that data for lost (its
+ * frontier proof assumes each path delivers in seq order). */
 static void flush(struct mpt_dp *dp)
 {
     for (int k = 0; k < MPT_MAX_PEERS * MPT_MAX_PATHS; k++) {
@@ -211,9 +215,10 @@ void mpt_send_backlog(struct mpt_dp *dp, int64_t now)
         b->head = (h + 1) % MPT_PACE_SLOTS;
         b->n--;
     }
-    pthread_mutex_unlock(&dp->lock);
-    /* The queued packets live in the backlog slots: send before they are reused. */
+    /* The queued packets live in the backlog slots: send before they are
+     * reused, and before the lock lets a control packet be sealed (flush). */
     flush(dp);
+    pthread_mutex_unlock(&dp->lock);
 }
 
 void mpt_send_from_tun(struct mpt_dp *dp)
@@ -222,6 +227,8 @@ void mpt_send_from_tun(struct mpt_dp *dp)
     unsigned n = read_batch(dp, lens);
     if (n == 0)
         return;
+    pthread_mutex_lock(&dp->lock);
     schedule(dp, n, lens);
     flush(dp);
+    pthread_mutex_unlock(&dp->lock);
 }

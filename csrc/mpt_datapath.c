@@ -275,6 +275,15 @@ void mpt_dp_set_measure(struct mpt_dp *dp, int peer, int idx, double capacity_bp
     pthread_mutex_unlock(&dp->lock);
 }
 
+void mpt_dp_set_overflow(struct mpt_dp *dp, int peer, int on)
+{
+    struct mpt_peer *p = lock_peer(dp, peer);
+    if (!p)
+        return;
+    mpt_sched_set_overflow(&p->sched, on);
+    pthread_mutex_unlock(&dp->lock);
+}
+
 int mpt_dp_send_control(struct mpt_dp *dp, int peer, int idx, const uint8_t *body, uint32_t len)
 {
     struct mpt_peer *pe;

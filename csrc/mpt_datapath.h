@@ -130,6 +130,8 @@ uint32_t mpt_dp_get_peer(struct mpt_dp *dp, int peer, int idx, uint8_t *addr);
  * auto mode's measurements (mpt_sched.h). */
 void mpt_dp_set_sched_mode(struct mpt_dp *dp, int peer, int mode);
 void mpt_dp_set_rate(struct mpt_dp *dp, int peer, int idx, double rate_bps, double burst_bytes);
+/* Auto: may traffic beyond the measured capacities overflow (mpt_sched.h)? */
+void mpt_dp_set_overflow(struct mpt_dp *dp, int peer, int on);
 void mpt_dp_set_measure(struct mpt_dp *dp, int peer, int idx, double capacity_bps,
                         double delay_us);
 /* Wait until the loop has picked up every path change made so far, so a

@@ -27,6 +27,7 @@ static double sane_rate(double bps)
 void mpt_sched_init(struct mpt_sched *s)
 {
     s->mode = MPT_SCHED_WEIGHTED;
+    s->overflow = 1;
     s->n = 0;
     for (int i = 0; i < MPT_MAX_PATHS; i++) {
         struct mpt_sched_path *p = &s->path[i];
@@ -388,7 +389,7 @@ int mpt_sched_overflow(struct mpt_sched *s, uint32_t bytes, int64_t now_ns)
     int best = -1;
     int64_t best_at = 0;
 
-    if (s->mode != MPT_SCHED_AUTO)
+    if (s->mode != MPT_SCHED_AUTO || !s->overflow)
         return MPT_SCHED_WAIT;
     for (int k = 0; k < s->n; k++) {
         struct mpt_sched_path *p = &s->path[s->order[k]];
@@ -411,4 +412,9 @@ int mpt_sched_overflow(struct mpt_sched *s, uint32_t bytes, int64_t now_ns)
         b->overflow_ns = best_at + (step < 1e12 ? (int64_t)step : (int64_t)1e12);
     }
     return best;
+}
+
+void mpt_sched_set_overflow(struct mpt_sched *s, int on)
+{
+    s->overflow = on != 0;
 }

@@ -28,9 +28,10 @@
  *   for it later); in auto mode it is "full" and the packet spills.  When no
  *   active path has room, pick says when the first will: MPT_SCHED_WAIT.
  *
- * Overflow (auto only): measured capacities are estimates, so a packet
- *   that has waited MPT_SCHED_OVERFLOW_NS for room is not dropped but sent
- *   on the path mpt_sched_overflow chooses: among the paths no configured
+ * Overflow (auto only, while the control plane allows it: while an estimate
+ *   is still growing from nothing): measured capacities are estimates, so a
+ *   packet that has waited MPT_SCHED_OVERFLOW_NS for room is not dropped
+ *   but sent on the path mpt_sched_overflow chooses: among the paths no configured
  *   rate holds back, in proportion to their rates (each has a virtual clock
  *   that advances by the packet's time at its rate, and never lags now).
  *   The load beyond the estimates then meets the links' own limits, which
@@ -78,6 +79,7 @@ struct mpt_sched_path {
 
 struct mpt_sched {
     int mode;
+    int overflow;                      /* auto: overflow allowed (mpt_sched_set_overflow) */
     int n;                             /* active paths, in order[] */
     int8_t order[MPT_MAX_PATHS];       /* weighted: by index; auto: by delay */
     uint8_t tier[MPT_MAX_PATHS];       /* tier of order[k], ascending */
@@ -105,5 +107,8 @@ int mpt_sched_pick(struct mpt_sched *s, uint32_t bytes, int64_t now_ns, int64_t 
  * send the packet on anyway (no tokens taken), or MPT_SCHED_WAIT if every
  * active path is held by its configured rate (or not auto mode). */
 int mpt_sched_overflow(struct mpt_sched *s, uint32_t bytes, int64_t now_ns);
+/* Allow overflow (on, the default) or not (off: a packet with no room waits,
+ * then is dropped, as with configured rates). */
+void mpt_sched_set_overflow(struct mpt_sched *s, int on);
 
 #endif

@@ -75,10 +75,15 @@ FLOOR_BPS = 1e6
 FILLED = 0.85          # sent >= this share of the estimate: the path was filled
 STEP_GAIN = 1.25       # startup: per step
 STARTUP_GAIN = 2.0     # startup: at most this times the delivery rate
-PROBE_GAIN = 1.25
-DRAIN_GAIN = 0.75
-PROBE_GROWTH = 1.1     # a probe that grew delivery this much: startup again
+PROBE_GAIN = 1.1
+DRAIN_GAIN = 0.9
+PROBE_GROWTH = 1.05    # a probe that grew delivery this much: startup again
+PLATEAU_GROWTH = 1.25  # startup ends once delivery has not grown this much while
+PLATEAU_LOOPS = 1.5    # ... we sent on the path for this many feedback loops (the
+                       #     path is full, or the traffic is)
 CRUISE_TIME = 2.0      # s of filled sending between probes
+CRUISE_GAIN = 0.98     # cruise a little under the delivery rate, so a queue left by a
+                       # probe drains rather than standing (it costs every flow delay)
 SHORTFALL = 0.85
 LOSS_RISE = 0.02
 RTT_RISE = 0.25
@@ -102,7 +107,7 @@ class Phase(enum.Enum):
     PROBE = "probe"
 
 
-_GAIN = {Phase.DRAIN: DRAIN_GAIN, Phase.CRUISE: 1.0}
+_GAIN = {Phase.DRAIN: DRAIN_GAIN, Phase.CRUISE: CRUISE_GAIN}
 
 
 class _WindowedExtreme:
@@ -173,6 +178,7 @@ class CapacityEstimator:
         self._last_step = -math.inf
         self._cruise_filled = 0.0
         self._probe_bw = 0.0
+        self._plateau = (0.0, 0.0)                 # startup: (delivery to beat, sending since)
         self._quiet_until = -math.inf              # no loss/RTT verdicts before
         self._fresh_from = -math.inf               # samples must start no earlier
 
@@ -289,7 +295,7 @@ class CapacityEstimator:
         # queueing nor loss beyond its own
         clean = (covered and not self._queueing(self._rtt)
                  and not self._short(now, rate, loop, LOSS_RISE))
-        self._advance(now, dt, filled, clean, loop)
+        self._advance(now, dt, filled, clean, loop, sent_bps > 0)
 
     def _feedback_loop(self, dt: float) -> float:
         """How long until what we send shows in a delivery sample, generously:
@@ -358,7 +364,9 @@ class CapacityEstimator:
         last = self._shortfall
         self._shortfall = (now, sent, share)
         if (last is None or now - last[0] > BASE_WINDOW or sent > 0.9 * last[1]
-                or abs(share - last[2]) > STEADY_SAME):
+                or abs(share - last[2]) > STEADY_SAME or 1 - share > MAX_LOSS_CREDIT):
+            # (a path that loses more than MAX_LOSS_CREDIT is overloaded:
+            # overflow can keep what we send high after a back-off)
             return False
         self._steady_loss = (now, min(MAX_LOSS_CREDIT, 1 - share))
         return True
@@ -398,6 +406,8 @@ class CapacityEstimator:
         self.phase, self._since, self._phase_len = phase, now, length
         if phase is Phase.CRUISE:
             self._cruise_filled = 0.0
+        if phase is Phase.STARTUP:
+            self._plateau = (self._bw.value or 0.0, now)
         if phase is Phase.DRAIN:
             # the smoothed loss and RTT still show the overload the drain
             # corrects, until a loop after it: no verdicts on them till then
@@ -405,10 +415,19 @@ class CapacityEstimator:
             self._quiet_until = now + length + loop
 
     def _advance(self, now: float, dt: float, filled: bool, clean: bool,
-                 loop: float) -> None:
+                 loop: float, sending: bool) -> None:
         bw = self._bw.value or 0.0
         phase = self.phase
-        if phase is Phase.DRAIN:
+        if phase is Phase.STARTUP and bw > 0:
+            # the delivery stopped growing while we sent: the path is full
+            # (or the traffic is), and startup's overshoot is drained.  (A
+            # path we send nothing on keeps its guess.)
+            best, since = self._plateau
+            if bw >= PLATEAU_GROWTH * best or not sending:
+                self._plateau = (bw if bw >= PLATEAU_GROWTH * best else best, now)
+            elif now - since >= PLATEAU_LOOPS * loop:
+                self._enter(Phase.DRAIN, now, self._drain_time(loop), loop)
+        elif phase is Phase.DRAIN:
             if now - self._since >= self._phase_len:
                 self._enter(Phase.CRUISE, now)
         elif phase is Phase.CRUISE:
@@ -430,6 +449,9 @@ class CapacityEstimator:
         if self._est == 0:
             self._est = max(self.floor_bps, carries)
         elif self.phase is Phase.STARTUP:
+            # what the path delivered, it carries: never less than that
+            # (traffic beyond the estimate overflows onto the paths)
+            self._est = max(self._est, carries)
             if filled and clean and now - self._last_step >= (self._rtt or 0.0):
                 self._est = max(self._est, min(self._est * STEP_GAIN, STARTUP_GAIN * carries))
                 self._last_step = now

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from . import cipher as ciphers
 from . import control, handshake, mptcp, netlink, nft, scheduler, tcpproxy, wire
-from .capacity import CapacityEstimator
+from .capacity import CapacityEstimator, Phase
 from .config import IMPLICIT_PEER, TunnelConfig
 from .datapath import MAX_PATHS, MAX_PEERS, Datapath, socket_address, unpack_sockaddr
 from .path import HealthConfig, PathHealth, State, StallDetector
@@ -119,6 +119,7 @@ class Peer:
     paths: dict[int, Path] = field(default_factory=dict)
     table: list = field(default_factory=list)
     hold: float = scheduler.DEFAULT_HOLD
+    overflow: bool = True                       # auto: the datapath may overflow (set so)
     local_index: int = 0                        # ours, in the headers it sends us
     remote_index: int = 0                       # its, in the headers we send it
     phase: int = 0                              # key phase we send with (after the switch)
@@ -690,6 +691,15 @@ class Daemon:
         if self.cfg.scheduler == "auto":
             self.dp.set_measure(peer.index, p.index, p.capacity.capacity_bps,
                                 srtt / 2 if srtt else 0.0)
+            # overflow finds what the paths carry while an estimate is still
+            # growing from nothing; after that, traffic beyond the estimates
+            # waits for room and is dropped (it would only fill the links'
+            # queues: delay and loss for every flow)
+            growing = any(q.capacity.phase is Phase.STARTUP for q in peer.paths.values()
+                          if self._active(peer, q.index))
+            if growing != peer.overflow:
+                peer.overflow = growing
+                self.dp.set_overflow(peer.index, growing)
 
     # -- links -------------------------------------------------------------------
 
@@ -825,6 +835,7 @@ class Daemon:
             "share": round(pc["tx_bytes"] / total_tx, 4),
             "capacity_mbps": round(p.capacity.capacity_bps / 1e6, 3),
             "delivery_mbps": round(p.capacity.delivery_bps / 1e6, 3),
+            "capacity_phase": p.capacity.phase.value,
             "flaps": h.flaps,
             **pc,
             "error": p.last_error,

@@ -133,6 +133,11 @@ class Datapath:
     def set_measure(self, peer: int, idx: int, capacity_bps: float, delay_s: float) -> None:
         lib.mpt_dp_set_measure(self._dp, peer, idx, float(capacity_bps), float(delay_s) * 1e6)
 
+    def set_overflow(self, peer: int, on: bool) -> None:
+        """Auto: let traffic beyond the measured capacities overflow onto
+        the paths (while estimates are still growing) or not."""
+        lib.mpt_dp_set_overflow(self._dp, peer, 1 if on else 0)
+
     def failed(self) -> int:
         """0 while the datapath thread runs, else the errno that stopped it."""
         return lib.mpt_dp_failed(self._dp)

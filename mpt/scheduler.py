@@ -12,6 +12,7 @@ from dataclasses import dataclass
 DEFAULT_HOLD = 0.050    # reorder hold time while no RTT is known
 MIN_HOLD = 0.005
 MAX_HOLD = 1.0
+HOLD_MARGIN = 0.020     # a path's queue may fill this much between two RTT samples
 MODES = ("weighted",)
 
 
@@ -37,12 +38,13 @@ def hold_time(configured: float | None, rtts: list[float], max_hold: float = MAX
               jitter: float = 0.0) -> float:
     """The reorder hold time: the configured one, else one derived from the
     spread of the paths' RTTs (one-way spread is about half the RTT spread;
-    doubled for safety), plus twice the largest RTT variation (jitter) and a
-    margin, at most max_hold; DEFAULT_HOLD (bounded too) while fewer than
+    doubled for safety), plus four times the largest RTT variation (jitter,
+    as an RTO counts it) and a margin for queues that fill between two RTT
+    samples, at most max_hold; DEFAULT_HOLD (bounded too) while fewer than
     two RTTs are known."""
     if configured is not None:
         return configured
     if len(rtts) < 2:
         return min(max_hold, DEFAULT_HOLD)
     spread = (max(rtts) - min(rtts)) / 2
-    return min(max_hold, max(MIN_HOLD, 2 * spread + 2 * jitter + 0.010))
+    return min(max_hold, max(MIN_HOLD, 2 * spread + 4 * jitter + HOLD_MARGIN))

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from mpt.capacity import FLOOR_BPS, CapacityEstimator, Phase
+from mpt.capacity import CRUISE_GAIN, FLOOR_BPS, CapacityEstimator, Phase
 from mpt.path import LossEstimator
 
 MBIT = 1e6
@@ -25,12 +25,14 @@ class SimPath:
     1/8).  Random loss strikes before the bottleneck."""
 
     def __init__(self, capacity, demand, est, owd=0.01, buffer=0.05, interval=0.1,
-                 jitter=0.005, random_loss=0.0, peer_clock=True, extra_delay=None, seed=1):
+                 jitter=0.005, random_loss=0.0, peer_clock=True, extra_delay=None, seed=1,
+                 paced=True):
         self.capacity, self.demand, self.est = capacity, demand, est
         self.owd, self.buffer, self.interval = owd, buffer, interval
         self.jitter, self.random_loss, self.peer_clock = jitter, random_loss, peer_clock
         self.extra_delay = extra_delay or const(0.0)    # a route change, say
         self.rng = random.Random(seed)
+        self.paced = paced         # False: the demand goes out whatever the estimate (overflow)
         self.t = 0.0
         self.sent = 0.0            # bits
         self.queue = 0.0
@@ -50,7 +52,7 @@ class SimPath:
             t = self.t
             cap = self.capacity(t)
             est = self.est.capacity_bps
-            rate = self.demand(t) if est == 0 else min(self.demand(t), est)
+            rate = self.demand(t) if est == 0 or not self.paced else min(self.demand(t), est)
             send = rate * TICK
             self.sent += send
             self.queue += send * (1 - self.random_loss)
@@ -93,9 +95,9 @@ def test_converges_to_a_20_mbit_path(start, owd, jitter, peer_clock):
     sim = SimPath(const(20 * MBIT), GREEDY, CapacityEstimator(start * MBIT),
                   owd=owd, jitter=jitter, peer_clock=peer_clock).run(12)
     late = sim.between(4, 12)
-    # cruising at the measured rate, with brief probes (x1.25) and drains
-    # (x0.75, emptying the queue a probe or an overshoot built)
-    assert 0.98 * 20 <= statistics.median(late) <= 25     # 2 %: the measurement's noise
+    # cruising just under the measured rate, with brief probes (x1.1) and
+    # drains (x0.9, emptying the queue a probe or an overshoot built)
+    assert 0.98 * CRUISE_GAIN * 20 <= statistics.median(late) <= 25   # 2 %: the measurement's noise
     assert sum(19 <= c <= 25.5 for c in late) >= 2 / 3 * len(late)
     assert min(late) >= 0.7 * 20 and max(late) <= 1.3 * 20
     assert 19 * MBIT <= sim.est.delivery_bps <= 22 * MBIT
@@ -118,7 +120,7 @@ def test_startup_reaches_100_mbit_from_the_floor_within_a_few_seconds():
     first = next(t for t, c, _ in sim.history if c >= 90)
     assert first <= 4.0
     late = sim.between(5, 8)
-    assert 100 <= statistics.median(late) <= 125
+    assert 0.99 * CRUISE_GAIN * 100 <= statistics.median(late) <= 125
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -171,7 +173,7 @@ def test_an_idle_unknown_path_sits_at_the_floor_and_grows_once_used():
     assert sim.between(0, 0.1) == [] or all(c == 0 for c in sim.between(0, 0.1))
     idle = sim.between(0.5, 3)
     assert idle and all(c == FLOOR_BPS / MBIT for c in idle)
-    assert 0.98 * 50 <= statistics.median(sim.between(6, 8)) <= 62.5
+    assert 0.98 * CRUISE_GAIN * 50 <= statistics.median(sim.between(6, 8)) <= 62.5
 
 
 def test_unknown_until_the_first_sample():
@@ -201,7 +203,7 @@ def test_a_route_change_is_not_taken_for_queueing_again_and_again():
     before = sim.est.backoffs
     sim.run(15)
     assert sim.est.backoffs - before <= 3
-    assert statistics.median(sim.between(5, 15)) >= 0.95 * 40
+    assert statistics.median(sim.between(5, 15)) >= 0.88 * 40   # the drains are gentle, and longer
 
 
 def test_a_bufferbloated_path_converges_without_undershooting():

@@ -74,7 +74,7 @@ BASE_WINDOW = 10.0     # s: min RTT and loss floor
 FLOOR_BPS = 1e6
 FILLED = 0.85          # sent >= this share of the estimate: the path was filled
 STEP_GAIN = 1.25       # startup: per step
-STARTUP_GAIN = 2.0     # startup: at most this times the delivery rate
+STARTUP_GAIN = 1.25    # startup: at most this times the delivery rate (overflow finds more)
 PROBE_GAIN = 1.1
 DRAIN_GAIN = 0.9
 PROBE_GROWTH = 1.05    # a probe that grew delivery this much: startup again

@@ -32,7 +32,9 @@ class SimPath:
         self.jitter, self.random_loss, self.peer_clock = jitter, random_loss, peer_clock
         self.extra_delay = extra_delay or const(0.0)    # a route change, say
         self.rng = random.Random(seed)
-        self.paced = paced         # False: the demand goes out whatever the estimate (overflow)
+        # False: the demand goes out whatever the estimate (overflow);
+        # "startup": so while the estimate grows (as the daemon does it)
+        self.paced = paced
         self.t = 0.0
         self.sent = 0.0            # bits
         self.queue = 0.0
@@ -52,7 +54,9 @@ class SimPath:
             t = self.t
             cap = self.capacity(t)
             est = self.est.capacity_bps
-            rate = self.demand(t) if est == 0 or not self.paced else min(self.demand(t), est)
+            unpaced = est == 0 or not self.paced or (
+                self.paced == "startup" and self.est.phase is Phase.STARTUP)
+            rate = self.demand(t) if unpaced else min(self.demand(t), est)
             send = rate * TICK
             self.sent += send
             self.queue += send * (1 - self.random_loss)
@@ -169,7 +173,8 @@ def test_an_unused_spill_path_keeps_its_guess():
 def test_an_idle_unknown_path_sits_at_the_floor_and_grows_once_used():
     est = CapacityEstimator(0)
     assert est.capacity_bps == 0
-    sim = SimPath(const(50 * MBIT), lambda t: 0 if t < 3 else 1000 * MBIT, est).run(8)
+    sim = SimPath(const(50 * MBIT), lambda t: 0 if t < 3 else 1000 * MBIT, est,
+                  paced="startup").run(8)
     assert sim.between(0, 0.1) == [] or all(c == 0 for c in sim.between(0, 0.1))
     idle = sim.between(0.5, 3)
     assert idle and all(c == FLOOR_BPS / MBIT for c in idle)
@@ -294,3 +299,23 @@ def test_a_huge_time_jump_is_one_slow_sample():
     est.update(1e6, 750_000, 750_000, 0.0, 0.02)     # a suspend, say
     assert est.capacity_bps >= 0.75 * 30 * MBIT     # not filled: no collapse
     assert est.capacity_bps <= 2 * 30 * MBIT
+
+
+def test_startup_with_overflow_finds_the_capacity_within_a_second():
+    """As the daemon runs it: traffic beyond the estimate overflows onto the
+    path while the estimate grows, so the delivery shows the capacity at
+    once; the estimate never runs far ahead of it, and startup ends."""
+    sim = SimPath(const(100 * MBIT), GREEDY, CapacityEstimator(0), paced="startup").run(8)
+    first = next(t for t, c, _ in sim.history if c >= 90)
+    assert first <= 1.0
+    assert max(c for _, c, _ in sim.history) <= 1.25 * 100
+    assert sim.est.phase is not Phase.STARTUP
+    assert 0.99 * CRUISE_GAIN * 100 <= statistics.median(sim.between(2, 8)) <= 105
+
+
+def test_startup_ends_when_the_traffic_stops_growing():
+    """Traffic of 60 Mbit/s on a 100 Mbit/s path: the delivery plateaus at
+    60 and startup ends, the estimate staying near what was shown."""
+    sim = SimPath(const(100 * MBIT), const(60 * MBIT), CapacityEstimator(0), paced="startup").run(5)
+    assert sim.est.phase is not Phase.STARTUP
+    assert max(sim.between(2, 5)) <= 1.25 * 60

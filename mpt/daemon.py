@@ -176,6 +176,7 @@ class Daemon:
         self.stopping: asyncio.Event | None = None
         self.proxy: tcpproxy.ClientProxy | tcpproxy.ServerProxy | None = None
         self.nft_installed = False
+        self.mss_clamped = False
 
     @property
     def paths(self) -> dict[int, Path]:
@@ -211,6 +212,11 @@ class Daemon:
                        if pc.name != IMPLICIT_PEER and n not in routes]
         self.tun = Tun(cfg.name)
         self.tun.configure(self.mtu, cfg.addresses, tuple(routes))
+        try:
+            nft.install_mss_clamp(cfg.name, cfg.name, self.mtu)
+            self.mss_clamped = True
+        except nft.NftError as e:
+            log.warning("TCP MSS not clamped to the tunnel MTU (LAN TCP will start slowly): %s", e)
         self.ctrl_rx, self.ctrl_tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.ctrl_rx.setblocking(False)
         self.ctrl_tx.setblocking(False)
@@ -946,6 +952,12 @@ class Daemon:
             except nft.NftError as e:
                 log.warning("%s", e)
             self.nft_installed = False
+        if self.mss_clamped:
+            try:
+                nft.remove_mss_clamp(self.cfg.name)
+            except nft.NftError as e:
+                log.warning("%s", e)
+            self.mss_clamped = False
         if self.dp is not None:
             self.dp.close()
             self.dp = None

@@ -1,10 +1,17 @@
-"""The client's nftables ruleset for the TCP proxy: one table, added
-atomically (nft -f) and deleted when mptd exits.
+"""mptd's nftables rulesets, each one table, added atomically (nft -f) and
+deleted when mptd exits.
 
-LAN TCP from the intercepted prefixes is redirected to the local proxy,
-except traffic to the router itself, to the intercepted prefixes (LAN to
-LAN) and to the excluded prefixes.  The router's own traffic never passes
-the prerouting hook, so it is never intercepted.
+* The client's TCP proxy: LAN TCP from the intercepted prefixes is
+  redirected to the local proxy, except traffic to the router itself, to
+  the intercepted prefixes (LAN to LAN) and to the excluded prefixes.  The
+  router's own traffic never passes the prerouting hook, so it is never
+  intercepted.
+* Both routers: the MSS of TCP connections forwarded through the TUN device
+  is clamped to its MTU.  Otherwise every LAN host's first full-size
+  segments meet the smaller tunnel MTU, come back as "fragmentation needed",
+  and the retransmission that follows leaves the connection's slow-start
+  threshold at a dozen segments: a TCP flow then takes many seconds to fill
+  a path of high bandwidth-delay product.
 """
 from __future__ import annotations
 
@@ -40,6 +47,35 @@ def ruleset(tunnel: str, port: int, intercept, exclude) -> str:
     return (f"add table inet {t}\ndelete table inet {t}\n"
             f"table inet {t} {{\n  chain prerouting {{\n"
             f"    type nat hook prerouting priority dstnat; policy accept;\n{body}\n  }}\n}}\n")
+
+
+def mss_table_name(tunnel: str) -> str:
+    return f"mpt_mss_{tunnel}"
+
+
+def mss_ruleset(tunnel: str, device: str, mtu: int) -> str:
+    """SYNs forwarded into or out of `device` announce at most the MSS that
+    fits its MTU (IPv4: 40 bytes of headers, IPv6: 60)."""
+    t = mss_table_name(tunnel)
+    dev = device.replace('"', "")
+    rules = []
+    for way in ("oifname", "iifname"):
+        for proto, mss in (("ipv4", mtu - 40), ("ipv6", mtu - 60)):
+            rules.append(f'{way} "{dev}" meta nfproto {proto} tcp flags & syn == syn '
+                         f"tcp option maxseg size > {mss} tcp option maxseg size set {mss}")
+    body = "\n".join(f"    {r}" for r in rules)
+    return (f"add table inet {t}\ndelete table inet {t}\n"
+            f"table inet {t} {{\n  chain forward {{\n"
+            f"    type filter hook forward priority mangle; policy accept;\n{body}\n  }}\n}}\n")
+
+
+def install_mss_clamp(tunnel: str, device: str, mtu: int) -> None:
+    _nft(mss_ruleset(tunnel, device, mtu))
+
+
+def remove_mss_clamp(tunnel: str) -> None:
+    t = mss_table_name(tunnel)
+    _nft(f"add table inet {t}\ndelete table inet {t}\n")
 
 
 def _nft(script: str) -> None:

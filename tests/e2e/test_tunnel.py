@@ -103,3 +103,22 @@ def test_tun_device_is_gone_when_the_daemon_exits(tunnel, how):
     assert lab.run(lab.rtrA, "ip", "link", "show", "mpt0", check=False).returncode != 0
     # routes through it are gone with it
     assert "mpt0" not in lab.run(lab.rtrA, "ip", "route").stdout
+
+
+def test_tcp_mss_is_clamped_to_the_tunnel_mtu(tunnel):
+    """Both routers clamp forwarded SYNs to the TUN's MTU, so a LAN host's
+    first full-size segments never come back as "fragmentation needed"
+    (which would cost the connection its slow start); the table goes with
+    the daemon."""
+    t = tunnel()
+    lab = t.lab
+    for ns in (lab.rtrA, lab.rtrB):
+        assert "mpt_mss_mpt0" in lab.run(ns, "nft", "list", "tables").stdout
+    lab.run(lab.lanA, "nstat", "-n")
+    sink = traffic.start_tcp_sink(lab, lab.lanB, lab.lan_b_addr(), 5003)
+    res = traffic.run_tcp_send(lab, lab.lanA, lab.lan_b_addr(), 5003, 5_000_000)
+    assert res["ok"] and sink.result()["bytes"] == 5_000_000
+    icmp = lab.run(lab.lanA, "nstat", "-az", "IcmpInDestUnreachs").stdout.split()
+    assert icmp[icmp.index("IcmpInDestUnreachs") + 1] == "0", icmp
+    assert t.client.stop() == 0
+    assert "mpt_mss_mpt0" not in lab.run(lab.rtrA, "nft", "list", "tables").stdout

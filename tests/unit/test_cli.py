@@ -84,3 +84,12 @@ def test_mptctl_genkey_output_loads_as_a_key(tmp_path):
     key.write_text(r.stdout)
     key.chmod(0o600)
     assert load_key(str(key)) == base64.b64decode(r.stdout)
+
+
+def test_mss_clamp_ruleset_fits_the_mtu():
+    from mpt import nft
+    text = nft.mss_ruleset("mpt0", "mpt0", 1440)
+    assert text.startswith("add table inet mpt_mss_mpt0\ndelete table inet mpt_mss_mpt0\n")
+    assert 'oifname "mpt0" meta nfproto ipv4' in text and 'iifname "mpt0" meta nfproto ipv6' in text
+    assert "maxseg size set 1400" in text and "maxseg size set 1380" in text
+    assert "hook forward priority mangle" in text

@@ -946,18 +946,14 @@ class Daemon:
                 loop.remove_reader(self.ctrl_rx.fileno())
 
     def close(self) -> None:
-        if self.nft_installed:
-            try:
-                nft.remove(self.cfg.name)
-            except nft.NftError as e:
-                log.warning("%s", e)
-            self.nft_installed = False
-        if self.mss_clamped:
-            try:
-                nft.remove_mss_clamp(self.cfg.name)
-            except nft.NftError as e:
-                log.warning("%s", e)
-            self.mss_clamped = False
+        for installed, remove in ((self.nft_installed, nft.remove),
+                                  (self.mss_clamped, nft.remove_mss_clamp)):
+            if installed:
+                try:
+                    remove(self.cfg.name)
+                except nft.NftError as e:
+                    log.warning("%s", e)
+        self.nft_installed = self.mss_clamped = False
         if self.dp is not None:
             self.dp.close()
             self.dp = None

@@ -41,12 +41,20 @@ def ruleset(tunnel: str, port: int, intercept, exclude) -> str:
         rules.append(f"ip saddr {{ {', '.join(v4)} }} meta l4proto tcp redirect to :{port}")
     if v6:
         rules.append(f"ip6 saddr {{ {', '.join(v6)} }} meta l4proto tcp redirect to :{port}")
+    return _table(t, "prerouting", "type nat hook prerouting priority dstnat", rules)
+
+
+def _drop(table: str) -> str:
+    """Delete `table` whether or not it exists ("add" makes "delete" safe):
+    in front of a table's definition it replaces any leftover of a crashed
+    run in the same transaction."""
+    return f"add table inet {table}\ndelete table inet {table}\n"
+
+
+def _table(table: str, chain: str, hook: str, rules) -> str:
     body = "\n".join(f"    {r}" for r in rules)
-    # "add table" then "delete table" makes the load replace any leftover
-    # table of a crashed run, in the same transaction.
-    return (f"add table inet {t}\ndelete table inet {t}\n"
-            f"table inet {t} {{\n  chain prerouting {{\n"
-            f"    type nat hook prerouting priority dstnat; policy accept;\n{body}\n  }}\n}}\n")
+    return (_drop(table) + f"table inet {table} {{\n  chain {chain} {{\n"
+            f"    {hook}; policy accept;\n{body}\n  }}\n}}\n")
 
 
 def mss_table_name(tunnel: str) -> str:
@@ -63,10 +71,7 @@ def mss_ruleset(tunnel: str, device: str, mtu: int) -> str:
         for proto, mss in (("ipv4", mtu - 40), ("ipv6", mtu - 60)):
             rules.append(f'{way} "{dev}" meta nfproto {proto} tcp flags & syn == syn '
                          f"tcp option maxseg size > {mss} tcp option maxseg size set {mss}")
-    body = "\n".join(f"    {r}" for r in rules)
-    return (f"add table inet {t}\ndelete table inet {t}\n"
-            f"table inet {t} {{\n  chain forward {{\n"
-            f"    type filter hook forward priority mangle; policy accept;\n{body}\n  }}\n}}\n")
+    return _table(t, "forward", "type filter hook forward priority mangle", rules)
 
 
 def install_mss_clamp(tunnel: str, device: str, mtu: int) -> None:
@@ -74,8 +79,7 @@ def install_mss_clamp(tunnel: str, device: str, mtu: int) -> None:
 
 
 def remove_mss_clamp(tunnel: str) -> None:
-    t = mss_table_name(tunnel)
-    _nft(f"add table inet {t}\ndelete table inet {t}\n")
+    _nft(_drop(mss_table_name(tunnel)))
 
 
 def _nft(script: str) -> None:
@@ -93,5 +97,4 @@ def install(tunnel: str, port: int, intercept, exclude) -> None:
 
 
 def remove(tunnel: str) -> None:
-    t = table_name(tunnel)
-    _nft(f"add table inet {t}\ndelete table inet {t}\n")
+    _nft(_drop(table_name(tunnel)))

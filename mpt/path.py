@@ -233,7 +233,6 @@ class StallDetector:
     reported: bool = False
     fresh: bool = True                # no arrival yet to measure a gap from
     _totals: deque = field(default_factory=deque)   # (time, total) when total moved
-    _last_total: int | None = None
 
     def update(self, now: float, count: int, total: int) -> None:
         self._remember(now, count, total)
@@ -250,13 +249,12 @@ class StallDetector:
             self.reported = False
 
     def _remember(self, now: float, count: int, total: int) -> None:
-        last = self._last_total
+        last = self._totals[-1][1] if self._totals else None
         if last is not None and total > last and self.count is not None and count >= self.count:
             frac = min(1.0, (count - self.count) / (total - last))
             self.share_seen = frac if self.share_seen is None else 0.9 * self.share_seen + 0.1 * frac
         if last is None or total != last:
             self._totals.append((now, total))
-        self._last_total = total
         # keep one sample older than the span: the total as of the span's start
         while len(self._totals) > 1 and self._totals[1][0] < now - self.history_span:
             self._totals.popleft()

@@ -114,15 +114,18 @@ def lab(request, make_lab):
 
 @pytest.fixture
 def tunnel(make_lab):
-    """Factory: ``tunnel(paths=2, rate_mbit=100, weights=..., client=..., server=...,
-    path_keys=...)`` builds a lab, starts mptd on both routers and waits until
-    every path is up.  Both daemons must exit cleanly (status 0) at the end,
+    """Factory: ``tunnel(paths=2, rate_mbit=100, delays=None, weights=..., client=...,
+    server=..., path_keys=...)`` builds a lab (``delays``: {k: (one-way delay ms,
+    jitter ms)} on path k, both directions), starts mptd on both routers and
+    waits until every path is up.  Both daemons must exit cleanly (status 0) at the end,
     unless the test stopped or killed one itself."""
     from mpt.lab.tunnel import Tunnel
     made = []
 
-    def start(paths=2, rate_mbit=100, **kw):
+    def start(paths=2, rate_mbit=100, delays=None, **kw):
         lab = make_lab(paths=paths, rate_mbit=rate_mbit)
+        for k, (d, j) in (delays or {}).items():
+            lab.set_delay(k, d, j)
         t = Tunnel(lab, **kw)
         made.append(t)
         t.wait_up()

@@ -148,7 +148,9 @@ def test_jitter_spreads_delay_but_keeps_order(dlab):
     # normal: jitter is the standard deviation
     lab.set_delay(1, 40, jitter_ms=10, direction="up", distribution="normal")
     samples = rtts(lab, 150)
-    assert 37.5 <= statistics.median(samples) <= 43.0, samples
+    # median SE ~1 ms; allow ~4 SE plus the lab's own scheduling delay, which
+    # only ever adds (CI failed once at 43.03 on a loaded machine)
+    assert 37.0 <= statistics.median(samples) <= 44.5, samples
     assert 8.0 <= statistics.stdev(samples) <= 12.5, samples        # SE 0.6
     lab.set_delay(1, 20, jitter_ms=10, direction="up")
     # a stream keeps its order in FIFO mode ...

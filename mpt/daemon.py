@@ -530,7 +530,6 @@ class Daemon:
                 if "no configured peer key" in str(e):
                     continue
                 raise
-            responder.confirm(peer.local_index)   # our index is fixed per peer
             self.answered[i] = (body, response)
             if peer.keys is not None and keys.remote_index == peer.remote_index:
                 # a rekey: new keys in the other phase; we send with them once

@@ -13,7 +13,8 @@ init.mac = HMAC-SHA256(mac key, init without its mac)[:16];
 response.mac = HMAC-SHA256(mac key, SHA-256(init) · response without its mac)[:16],
 so a response answers exactly one init.  Session keys = HKDF-SHA256(the X25519
 result, salt = the PSK-derived salt, info = label · SHA-256(init · response)),
-128 bytes cut into data c->s, data s->c, control c->s, control s->c.
+64 bytes: the key for c->s, then the one for s->c (data and control packets
+alike: the datapath seals both with the same keys and sequence).
 
 What it guarantees:
 * Authentication: only a holder of the PSK can produce either message; the
@@ -24,14 +25,16 @@ What it guarantees:
   also depend on the PSK: breaking X25519 alone is not enough either.
 * No nonce reuse: every session has keys of its own, so the AEAD sequence
   numbers may restart at 0 in each session (and after a restart of the daemon).
-* Key confirmation: a replayed init is answered (after its nonce has left the
-  replay cache) but can never complete, since the replayer lacks the client's
-  ephemeral private key.  So the responder's session stays *pending* until a
-  packet authenticated under its receive keys arrives (Responder.pending /
-  Responder.confirm); only then does the daemon switch.  A fresh init from a
-  peer adds a pending session rather than dropping the older ones, so an old
-  captured init replayed during a rekey cannot knock out the real attempt;
-  confirming one drops the peer's other pending sessions.
+* Replays: the responder remembers the nonces of the last REPLAY_CACHE inits
+  it accepted and refuses them again, a resent init included (the daemon
+  answers a resent init itself, with the response it already sent).  An init
+  replayed after its nonce has left the cache, or after a restart of the
+  daemon, is answered but can never complete, since the replayer lacks the
+  client's ephemeral private key: nothing authenticated under its keys will
+  ever arrive.  The responder keeps no state per answered session; what to do
+  with the keys is the daemon's decision (it refuses a new session while the
+  current one is live, and sends with the keys of a rekey only once the client
+  does).
 
 Not bound: the packet header.  The initiator resends the same init (every
 HANDSHAKE_RETRY_S) on whichever path works, under headers that differ, and
@@ -53,15 +56,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-CIPHER_NONE, CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305 = 0, 1, 2
 CIPHER_NAMES = {0: "none", 1: "aes-256-gcm", 2: "chacha20-poly1305"}
 
-REKEY_AFTER_S = 120.0            # the initiator starts a new handshake this often
-REKEY_AFTER_PACKETS = 1 << 30    # ... or after this many packets under one key
+REKEY_AFTER_PACKETS = 1 << 30    # the initiator rekeys after this many packets under one key
 HANDSHAKE_RETRY_S = 0.25         # the initiator resends an unanswered init this often
 
 REPLAY_CACHE = 4096              # init nonces the responder remembers
-PENDING_PER_PEER = 4             # answered, unconfirmed sessions kept per peer
 
 MAGIC = b"MPTH"
 VERSION = 1
@@ -102,14 +102,11 @@ class HandshakeError(ValueError):
 
 @dataclass(frozen=True)
 class SessionKeys:
-    peer: str              # responder: the peer whose key verified; initiator: "server"
     cipher: int
     local_index: int       # our index: the peer puts it in the header of what it sends us
     remote_index: int      # the peer's index: we put it in the header of what we send
-    tx_data: bytes = field(repr=False)
-    rx_data: bytes = field(repr=False)
-    tx_ctrl: bytes = field(repr=False)
-    rx_ctrl: bytes = field(repr=False)
+    tx_data: bytes = field(repr=False)   # seals what we send (data and control packets)
+    rx_data: bytes = field(repr=False)   # opens what the peer sends
 
 
 def message_kind(body: bytes) -> str:
@@ -156,12 +153,12 @@ def _dh(private: X25519PrivateKey, public: bytes) -> bytes:
         raise HandshakeError("handshake: unusable ephemeral key") from None
 
 
-def _session(dh: bytes, salt: bytes, init: bytes, response: bytes) -> list[bytes]:
-    """[data c->s, data s->c, control c->s, control s->c]."""
+def _session(dh: bytes, salt: bytes, init: bytes, response: bytes) -> tuple[bytes, bytes]:
+    """(key c->s, key s->c)."""
     transcript = hashlib.sha256(init + response).digest()
-    okm = HKDF(hashes.SHA256(), 4 * KEY_LEN, salt=salt,
+    okm = HKDF(hashes.SHA256(), 2 * KEY_LEN, salt=salt,
                info=_SESSION_INFO + transcript).derive(dh)
-    return [okm[i:i + KEY_LEN] for i in range(0, 4 * KEY_LEN, KEY_LEN)]
+    return okm[:KEY_LEN], okm[KEY_LEN:]
 
 
 def _check_index(index: int) -> int:
@@ -204,11 +201,9 @@ class Initiator:
         self.cipher = _check_cipher(cipher)
         self.restart()
 
-    def restart(self, local_index: int | None = None) -> None:
-        """A new attempt (or a rekey): new ephemeral key and nonce, optionally
-        a new index.  The previous init can no longer complete."""
-        if local_index is not None:
-            self.local_index = _check_index(local_index)
+    def restart(self) -> None:
+        """A new attempt: new ephemeral key and nonce, the same index.  The
+        previous init can no longer complete."""
         self._ephemeral: X25519PrivateKey | None = X25519PrivateKey.generate()
         signed = _INIT.build(dict(sender=self.local_index, cipher=self.cipher,
                                   nonce=os.urandom(16),
@@ -237,24 +232,16 @@ class Initiator:
             raise HandshakeError("handshake response: echoes another session index")
         if msg.cipher != self.cipher:
             raise _cipher_mismatch(self.cipher, msg.cipher)
-        keys = _session(_dh(self._ephemeral, msg.ephemeral), self._salt, self._init, body)
-        result = SessionKeys("server", self.cipher, self.local_index, msg.sender,
-                             tx_data=keys[0], rx_data=keys[1], tx_ctrl=keys[2], rx_ctrl=keys[3])
+        c2s, s2c = _session(_dh(self._ephemeral, msg.ephemeral), self._salt, self._init, body)
+        result = SessionKeys(self.cipher, self.local_index, msg.sender, tx_data=c2s, rx_data=s2c)
         self._ephemeral = None     # forward secrecy: nothing left to recompute the keys
         self._done = (body, result)
         return result
 
 
-@dataclass
-class _Pending:
-    init: bytes
-    response: bytes
-    keys: SessionKeys
-
-
 class Responder:
-    """The server's side: answers inits from any configured peer and keeps
-    the answered sessions pending until the daemon confirms one."""
+    """The server's side: answers inits from any configured peer.  Its only
+    state is the replay cache of init nonces."""
 
     def __init__(self, peers: dict[str, bytes], cipher: int):
         self.cipher = _check_cipher(cipher)
@@ -262,14 +249,13 @@ class Responder:
         if len({mac_key for mac_key, _ in self._peers.values()}) != len(self._peers):
             raise ValueError("two peers share a pre-shared key: they could not be told apart")
         self._seen: OrderedDict[bytes, None] = OrderedDict()   # init nonces, oldest first
-        self._pending: dict[int, _Pending] = {}                # by local index, oldest first
 
     def receive_init(self, body: bytes, local_index: int) -> tuple[bytes, SessionKeys]:
-        """(response body, pending keys).  A resent init gets the very same
-        answer (its keys.local_index is then the one chosen the first time,
-        not this local_index).  A repeat of an init no longer pending, a
-        wrong key, or anything malformed raises HandshakeError;
-        CipherMismatch carries a response worth sending."""
+        """(response body, keys) for a new session in which the peer will
+        put local_index in its headers.  A repeat of an init accepted before
+        (resent or replayed: its nonce is still in the cache), a wrong key, or
+        anything malformed raises HandshakeError; CipherMismatch carries a
+        response worth sending (and its nonce is not remembered)."""
         _check_index(local_index)
         msg, signed, mac = _parse(_INIT, body, "init")
         body = bytes(body)
@@ -278,29 +264,19 @@ class Responder:
         if peer is None:
             raise HandshakeError("handshake init: no configured peer key verifies it")
         mac_key, salt = self._peers[peer]
-        for p in self._pending.values():
-            if p.init == body:
-                return p.response, p.keys
         if msg.nonce in self._seen:
             raise HandshakeError(f"handshake init from {peer}: replayed")
         if msg.cipher != self.cipher:
             raise CipherMismatch(_cipher_mismatch(self.cipher, msg.cipher),
                                  self._response(mac_key, body, msg.sender, local_index,
                                                 bytes(32)))
-        if local_index in self._pending:
-            raise ValueError(f"session index {local_index} is already pending")
         self._remember(msg.nonce)
         ephemeral = X25519PrivateKey.generate()
         response = self._response(mac_key, body, msg.sender, local_index,
                                   ephemeral.public_key().public_bytes_raw())
-        keys = _session(_dh(ephemeral, msg.ephemeral), salt, body, response)
-        result = SessionKeys(peer, self.cipher, local_index, msg.sender,
-                             tx_data=keys[1], rx_data=keys[0], tx_ctrl=keys[3], rx_ctrl=keys[2])
-        mine = [i for i, p in self._pending.items() if p.keys.peer == peer]
-        for index in mine[:max(0, len(mine) + 1 - PENDING_PER_PEER)]:
-            del self._pending[index]
-        self._pending[local_index] = _Pending(body, response, result)
-        return response, result
+        c2s, s2c = _session(_dh(ephemeral, msg.ephemeral), salt, body, response)
+        return response, SessionKeys(self.cipher, local_index, msg.sender,
+                                     tx_data=s2c, rx_data=c2s)
 
     def _response(self, mac_key: bytes, init: bytes, receiver: int, local_index: int,
                   ephemeral: bytes) -> bytes:
@@ -313,19 +289,3 @@ class Responder:
         self._seen[nonce] = None
         while len(self._seen) > REPLAY_CACHE:
             self._seen.popitem(last=False)
-
-    def pending(self, local_index: int) -> SessionKeys | None:
-        """The keys of an answered session not yet confirmed, by our index
-        (the one in the header of the peer's packets)."""
-        p = self._pending.get(local_index)
-        return p.keys if p else None
-
-    def confirm(self, local_index: int) -> SessionKeys:
-        """A packet authenticated under this pending session's receive keys
-        arrived: the peer holds the keys.  Returns them and forgets this
-        peer's other pending sessions (their attempts are over).  KeyError if
-        no session with that index is pending."""
-        keys = self._pending.pop(local_index).keys
-        for index in [i for i, p in self._pending.items() if p.keys.peer == keys.peer]:
-            del self._pending[index]
-        return keys

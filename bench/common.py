@@ -8,9 +8,10 @@ IPERF_PORT = 5201
 
 
 def iperf3(lab, src_ns: str, dst_ns: str, dst_addr: str, *, seconds: float = 8,
-           udp_mbit: float | None = None, size: int = 1200) -> float:
-    """Goodput in Mbit/s measured at the receiver of one TCP flow, or of one
-    UDP flow sent at `udp_mbit`."""
+           udp_mbit: float | None = None, size: int = 1200, cc: str | None = None) -> float:
+    """Goodput in Mbit/s measured at the receiver of one TCP flow (congestion
+    control `cc`, else the system's default), or of one UDP flow sent at
+    `udp_mbit`."""
     srv = lab.popen(dst_ns, ["iperf3", "-s", "-1", "-B", dst_addr, "-p", str(IPERF_PORT),
                              "--forceflush"],
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -20,6 +21,8 @@ def iperf3(lab, src_ns: str, dst_ns: str, dst_addr: str, *, seconds: float = 8,
     argv = ["iperf3", "-c", dst_addr, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
     if udp_mbit:
         argv += ["-u", "-b", f"{udp_mbit}M", "-l", str(size)]
+    elif cc:
+        argv += ["-C", cc]
     r = lab.run(src_ns, *argv, check=False, timeout=seconds + 30)
     try:
         srv.communicate(timeout=10)

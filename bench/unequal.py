@@ -65,6 +65,7 @@ SCENARIOS = {
 }
 WARMUP_S = 3.0
 SATURATE_RAMP_S = 2.0     # TCP's slow start before the pings under load begin
+TCP_CC = "cubic"          # congestion control of the TCP flows (--cc)
 
 
 def shaped_lab(shapes) -> Lab:
@@ -118,7 +119,7 @@ def pings_under_tcp(lab, src, dst, addr, ping_to, count, seconds, dev=None) -> d
 
     def flow():
         try:
-            out["tcp_mbit"] = iperf3(lab, src, dst, addr, seconds=seconds)
+            out["tcp_mbit"] = iperf3(lab, src, dst, addr, seconds=seconds, cc=TCP_CC)
         except Exception as e:   # reported, not fatal for the pings
             out["tcp_error"] = str(e)
 
@@ -153,7 +154,7 @@ def stats(rtts: list[float]) -> dict:
 def throughput(lab, src, dst, addr, udp_mbit, seconds, repeat) -> dict:
     out = {"tcp": [], "udp": []}
     for _ in range(repeat):
-        out["tcp"].append(round(iperf3(lab, src, dst, addr, seconds=seconds), 2))
+        out["tcp"].append(round(iperf3(lab, src, dst, addr, seconds=seconds, cc=TCP_CC), 2))
         out["udp"].append(round(iperf3(lab, src, dst, addr, seconds=seconds,
                                        udp_mbit=udp_mbit), 2))
     return {k: {"runs": v, "median": median(v)} for k, v in out.items()}
@@ -296,6 +297,10 @@ def main() -> int:
     ap.add_argument("--pings", type=int, default=100)
     ap.add_argument("--only", default=",".join(SCENARIOS))
     ap.add_argument("--modes", default="weighted,auto,auto-proxy")
+    ap.add_argument("--cc", default="cubic",
+                    help="TCP congestion control of the LAN hosts' flows (default cubic, "
+                         "the default of Linux, Windows, macOS and Android; this "
+                         "machine's system default is bbr)")
     ap.add_argument("--out", help="JSON file (default docs/bench-unequal-<date>.json)")
     ap.add_argument("--retable", metavar="JSON",
                     help="measure nothing: evaluate the targets of an earlier run's "
@@ -311,10 +316,12 @@ def main() -> int:
             f.write("\n")
         print(table(results))
         return 0
+    global TCP_CC
+    TCP_CC = a.cc
     names = [n for n in a.only.split(",") if n]
     modes = [m for m in a.modes.split(",") if m]
     results = {"command": " ".join(["bench/unequal.py", *sys.argv[1:]]),
-               "date": datetime.date.today().isoformat(),
+               "date": datetime.date.today().isoformat(), "tcp_cc": a.cc,
                "scenarios": {}, "targets": []}
     for name in names:
         sc = SCENARIOS[name]

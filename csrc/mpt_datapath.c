@@ -178,6 +178,17 @@ int mpt_dp_set_keys(struct mpt_dp *dp, int peer, int phase, const uint8_t *tx_ke
     return ok ? 0 : -1;
 }
 
+int mpt_dp_tx_phase(struct mpt_dp *dp, int peer)
+{
+    struct mpt_peer *p = lock_peer(dp, peer);
+    int phase;
+    if (!p)
+        return -1;
+    phase = p->tx_phase;
+    pthread_mutex_unlock(&dp->lock);
+    return phase;
+}
+
 void mpt_dp_set_hold(struct mpt_dp *dp, int peer, uint32_t hold_us, uint32_t alive_ms)
 {
     struct mpt_peer *p = lock_peer(dp, peer);

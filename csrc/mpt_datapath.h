@@ -112,6 +112,10 @@ int mpt_dp_set_session(struct mpt_dp *dp, int peer, uint16_t local_index, uint16
  * responder of a rekey: it proves the peer has the new keys too). */
 int mpt_dp_set_keys(struct mpt_dp *dp, int peer, int phase, const uint8_t *tx_key,
                     const uint8_t *rx_key, int tx_now);
+/* The key phase we send with now (0/1), or -1 if the peer is unknown.  The
+ * responder puts a rekey's keys in the other one: the phase the initiator
+ * sends with cannot be overwritten, whatever inits came before. */
+int mpt_dp_tx_phase(struct mpt_dp *dp, int peer);
 /* Seal and send a control message on a path (called from Python). */
 int mpt_dp_send_control(struct mpt_dp *dp, int peer, int idx, const uint8_t *body, uint32_t len);
 void mpt_dp_set_hold(struct mpt_dp *dp, int peer, uint32_t hold_us, uint32_t alive_ms);

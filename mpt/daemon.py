@@ -532,9 +532,12 @@ class Daemon:
                 raise
             self.answered[i] = (body, response)
             if peer.keys is not None and keys.remote_index == peer.remote_index:
-                # a rekey: new keys in the other phase; we send with them once
-                # the client does (it has them when it sends with them)
-                peer.phase ^= 1
+                # a rekey: new keys in the phase we do not send with, so the
+                # client's current keys stay intact even if an earlier init
+                # (abandoned, or replayed once its nonce left the cache)
+                # already filled the other phase; we send with them once the
+                # client does (it has them when it sends with them)
+                peer.phase = self.dp.tx_phase(i) ^ 1
                 self.dp.set_keys(i, peer.phase, keys.tx_data, keys.rx_data, False)
                 log.info("peer %s: session rekeyed (key phase %d)", peer.name, peer.phase)
             else:

@@ -100,6 +100,10 @@ class Datapath:
         if lib.mpt_dp_set_keys(self._dp, peer, phase, tx_key, rx_key, int(tx_now)):
             raise ValueError(f"cannot install keys for peer {peer}")
 
+    def tx_phase(self, peer: int) -> int:
+        """The key phase (0/1) we send with now; -1 for an unknown peer."""
+        return lib.mpt_dp_tx_phase(self._dp, peer)
+
     def send_control(self, peer: int, idx: int, body: bytes) -> bool:
         """Seal and send a control message on path idx; False if it could
         not go (no session or address yet, or the socket refused)."""

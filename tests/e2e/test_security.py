@@ -253,12 +253,34 @@ def test_peer_restart_gives_a_new_session_within_a_second(tunnel, tmp_path, side
 
 
 # --------------------------------------------------------------------- rekey
-def test_rekey_under_traffic_loses_nothing(tunnel):
+FORGED_REKEY_INIT = """
+import socket, sys
+from mpt import cipher, handshake, keyfile, wire
+key, index, name, addr, port = sys.argv[1:]
+init = handshake.Initiator(keyfile.load_key(key), int(index), cipher.NAMES[name])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(wire.handshake_header(0) + init.init_message(), (addr, int(port)))
+"""
+
+
+@pytest.mark.parametrize("forged_init_first", [False, True], ids=["plain", "after-forged-init"])
+def test_rekey_under_traffic_loses_nothing(tunnel, forged_init_first):
+    """With forged_init_first, the server first answers a rekey init nobody
+    will complete (what an init replayed after its nonce left the cache, or
+    one the client abandoned, amounts to): its keys fill the phase the
+    server does not send with, and the real rekey must still land in the
+    phase the client moves to, not over the keys in use."""
     interval = 10.0    # the shortest rekey_interval the config allows
     t = tunnel(client={"rekey_interval": "10s"}, server={"rekey_interval": "10s"})
     lab = t.lab
     c = t.client.status()
     assert c["peers"][0]["key_phase"] == 0 == t.server.status()["peers"][0]["key_phase"]
+    if forged_init_first:
+        lab.run(lab.rtrA, sys.executable, "-c", FORGED_REKEY_INIT, t.key, str(c["session"]),
+                c["cipher"], lab.server_addr(), str(TUNNEL_PORT))
+        wait_for(lambda: "session rekeyed (key phase 1)" in t.server.output(), 5,
+                 "the server to answer the forged rekey init")
+        c = t.client.status()
     # the stream runs from now until 2.5 s past the rekey
     seconds = max(2.5, interval - c["peers"][0]["key_age_s"] + 2.5)
     rx, tx = stream(lab, lab.lanA, lab.lanB, lab.lan_b_addr(), 5300, rate_mbit=4, size=500,

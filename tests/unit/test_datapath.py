@@ -248,7 +248,9 @@ def test_handshake_packets_reach_python_at_a_bounded_rate(client):
 def test_rekey_switches_sending_when_the_peer_uses_the_new_keys(client):
     far, dp = client["far"], client["dp"]
     new = FarEnd(far.cipher)
+    assert dp.tx_phase(0) == 0
     dp.set_keys(0, 1, new.rx_key, new.tx_key, False)
+    assert dp.tx_phase(0) == 0          # until the peer sends with phase 1
     client["tun"].send(ipv4_packet(1))
     pkt = client["server"].recvfrom(4096)[0]
     assert pkt[1] >> 7 == 0 and far.open(pkt) == ipv4_packet(1)   # still the old keys
@@ -259,7 +261,8 @@ def test_rekey_switches_sending_when_the_peer_uses_the_new_keys(client):
     client["tun"].send(ipv4_packet(2))
     pkt = client["server"].recvfrom(4096)[0]
     assert pkt[1] >> 7 == 1 and new.open(pkt) == ipv4_packet(2)
-    assert dp.counters(0)["key_switches"] == 1
+    assert dp.counters(0)["key_switches"] == 1 and dp.tx_phase(0) == 1
+    assert dp.tx_phase(5) == -1         # no such peer
 
 
 def test_new_session_starts_sequences_over(client):

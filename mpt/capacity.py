@@ -19,7 +19,8 @@ credited delivery / (1 - p).
 
 * Delivery rate.  Each update gives a sample: delivered bytes over the last
   SPAN (0.2 s; one probe interval alone is too noisy).  `delivery_bps` is
-  the maximum of the samples of the last WINDOW (1.5 s).  A sample counts
+  the maximum of the samples of the last WINDOW (3 s: longer than a
+  cruise, so cruising a little under it does not wear it down).  A sample counts
   only when it reflects a filled path: we sent at least FILLED of the
   estimate for a whole feedback loop (RTT + two probe intervals + SPAN,
   the time before what we send shows in the peer's counters).  A sample
@@ -34,8 +35,14 @@ credited delivery / (1 - p).
     drain    DRAIN_GAIN, as long as the queue the RTT shows needs to empty
              at that gain (at least what a probe added, at most MAX_DRAIN);
     cruise   1.0; after CRUISE_TIME of filled sending, and clean, probe;
-    probe    PROBE_GAIN for one feedback loop; if delivery grew by
-             PROBE_GROWTH, startup again, else drain.
+    probe    PROBE_GAIN for one feedback loop, then drain.  The queue a
+             probe of a full path leaves is (gain - 1) x a loop of its rate:
+             a few ms, which a shallow link buffer holds.  If delivery grew
+             by PROBE_GROWTH the drain is short and another probe follows,
+             from the new delivery rate; PROBE_CHAIN probes that grew in a
+             row mean a lot more room: startup again (one grown probe alone
+             is more likely noise, and startup's 25 % steps on a full path
+             would overflow its buffer: a loss for every TCP flow on it).
 * Overload, judged on samples of a filled path: (a) the delivery fell short
   of SHORTFALL of the least we sent in all the time the sample can reflect
   (a capacity drop; comparing with the least makes it immune to the
@@ -68,16 +75,17 @@ import math
 from collections import deque
 from typing import NamedTuple
 
-WINDOW = 1.5           # s: max filter of the delivery rate
+WINDOW = 3.0           # s: max filter of the delivery rate
 SPAN = 0.2             # s: each delivery sample covers at least this
 BASE_WINDOW = 10.0     # s: min RTT and loss floor
 FLOOR_BPS = 1e6
 FILLED = 0.85          # sent >= this share of the estimate: the path was filled
 STEP_GAIN = 1.25       # startup: per step
 STARTUP_GAIN = 1.25    # startup: at most this times the delivery rate (overflow finds more)
-PROBE_GAIN = 1.1
+PROBE_GAIN = 1.05
 DRAIN_GAIN = 0.9
-PROBE_GROWTH = 1.05    # a probe that grew delivery this much: startup again
+PROBE_GROWTH = 1.03    # a probe that grew delivery this much: probe again
+PROBE_CHAIN = 3        # ... this many in a row: startup again
 PLATEAU_GROWTH = 1.25  # startup ends once delivery has not grown this much while
 PLATEAU_LOOPS = 1.5    # ... we sent on the path for this many feedback loops (the
                        #     path is full, or the traffic is)
@@ -178,6 +186,7 @@ class CapacityEstimator:
         self._last_step = -math.inf
         self._cruise_filled = 0.0
         self._probe_bw = 0.0
+        self._grown = 0                            # probes in a row that grew delivery
         self._plateau = (0.0, 0.0)                 # startup: (delivery to beat, sending since)
         self._quiet_until = -math.inf              # no loss/RTT verdicts before
         self._fresh_from = -math.inf               # samples must start no earlier
@@ -429,7 +438,11 @@ class CapacityEstimator:
                 self._enter(Phase.DRAIN, now, self._drain_time(loop), loop)
         elif phase is Phase.DRAIN:
             if now - self._since >= self._phase_len:
-                self._enter(Phase.CRUISE, now)
+                if self._grown:
+                    self._probe_bw = bw
+                    self._enter(Phase.PROBE, now, self._probe_time(loop))
+                else:
+                    self._enter(Phase.CRUISE, now)
         elif phase is Phase.CRUISE:
             if filled:
                 self._cruise_filled += dt
@@ -437,11 +450,15 @@ class CapacityEstimator:
                     self._probe_bw = bw
                     self._enter(Phase.PROBE, now, self._probe_time(loop))
         elif phase is Phase.PROBE:
-            if bw >= PROBE_GROWTH * self._probe_bw:
+            grew = bw >= PROBE_GROWTH * self._probe_bw
+            if grew and self._grown + 1 >= PROBE_CHAIN:
+                self._grown = 0
                 self._enter(Phase.STARTUP, now)
-            elif now - self._since >= self._phase_len:
+            elif grew or now - self._since >= self._phase_len:
+                # drain what the probe has queued so far
+                self._grown = self._grown + 1 if grew else 0
                 self._enter(Phase.DRAIN, now,
-                            self._phase_len * (PROBE_GAIN - 1) / (1 - DRAIN_GAIN), loop)
+                            (now - self._since) * (PROBE_GAIN - 1) / (1 - DRAIN_GAIN), loop)
 
         # what we may send for the path to deliver bw, its steady loss included
         lossy = 1 - min(self._floor(now), MAX_LOSS_CREDIT)

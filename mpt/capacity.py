@@ -393,6 +393,7 @@ class CapacityEstimator:
 
     def _back_off(self, now: float, rate: float, loop: float) -> None:
         self.backoffs += 1
+        self._grown = 0              # an overload ends a chain of grown probes
         self._rtt_ref, self._rtt_ref_at = self._rtt, now
         self._bw.reset(now, max(self.floor_bps, rate))
         self._fresh_from = now       # samples reaching back before now are stale

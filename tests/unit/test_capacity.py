@@ -326,10 +326,9 @@ def test_startup_ends_when_the_traffic_stops_growing():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_probes_of_a_full_path_do_not_restart_startup(seed):
-    """A greedy flow on a full 50 Mbit/s path with a shallow (20 ms) buffer.
-    Cruising a little under the delivery rate lets the measured delivery
-    sink a few per cent before each probe, so a probe shows some growth:
-    that is the path's known capacity, not room for startup's 25 % steps,
+    """A greedy flow on a full 50 Mbit/s path with a shallow (20 ms) buffer:
+    its probes must fit in the buffer, and a few per cent of growth they
+    show is the path's known capacity, not room for startup's 25 % steps,
     which would overflow the buffer (a loss for every TCP flow on it)."""
     sim = SimPath(const(50 * MBIT), GREEDY, CapacityEstimator(0), buffer=0.02, jitter=0.002,
                   seed=seed, paced="startup").run(4)
@@ -338,3 +337,23 @@ def test_probes_of_a_full_path_do_not_restart_startup(seed):
     assert [t for t, _, ph in sim.history if t > 4 and ph is Phase.STARTUP] == []
     assert sim.dropped - dropped <= 0.001 * 26 * 50 * MBIT
     assert 0.93 * 50 <= statistics.median(sim.between(4, 30)) <= 51
+
+
+def test_an_overload_ends_a_chain_of_grown_probes():
+    """A probe that grew delivery is followed by another, but not once the
+    path has been found overloaded: the drain after a back-off ends in
+    cruise (the capacity falls from 60 to 10 Mbit/s during a chain)."""
+    cap = [20 * MBIT]
+    sim = SimPath(lambda t: cap[0], GREEDY, CapacityEstimator(20 * MBIT)).run(5)
+    cap[0] = 60 * MBIT
+    while sim.est._grown == 0:          # the first probe that grew delivery
+        assert sim.t < 20
+        sim.run(sim.t + 0.01)
+    cap[0] = 10 * MBIT
+    backoffs = sim.est.backoffs
+    while sim.est.backoffs == backoffs:
+        assert sim.t < 25
+        sim.run(sim.t + 0.01)
+    while sim.est.phase is Phase.DRAIN:
+        sim.run(sim.t + 0.01)
+    assert sim.est.phase is Phase.CRUISE

@@ -103,6 +103,12 @@ STEADY_SAME = 0.05     # shortfall shares this close are the same
 STEADY = 1.05          # send rates within this factor are steady
 
 
+def _probe_drain(probed_for: float) -> float:
+    """How long DRAIN_GAIN takes to empty what probing a full path for
+    `probed_for` seconds queued."""
+    return probed_for * (PROBE_GAIN - 1) / (1 - DRAIN_GAIN)
+
+
 def _inflated(rtt: float) -> float:
     """An RTT above this one shows queueing."""
     return rtt * (1 + RTT_RISE) + RTT_SLACK
@@ -405,8 +411,11 @@ class CapacityEstimator:
         queue = 0.0
         if self._rtt is not None and self._min_rtt.value:
             queue = max(0.0, self._rtt - self._min_rtt.value)
-        probe = (PROBE_GAIN - 1) * self._probe_time(loop) / (1 - DRAIN_GAIN)
-        return min(MAX_DRAIN, max(probe, queue / (1 - DRAIN_GAIN)))
+        return min(MAX_DRAIN, max(_probe_drain(self._probe_time(loop)), queue / (1 - DRAIN_GAIN)))
+
+    def _start_probe(self, now: float, bw: float, loop: float) -> None:
+        self._probe_bw = bw
+        self._enter(Phase.PROBE, now, self._probe_time(loop))
 
     def _probe_time(self, loop: float) -> float:
         # the peer's counters show a change after about loop - SPAN/2
@@ -440,16 +449,14 @@ class CapacityEstimator:
         elif phase is Phase.DRAIN:
             if now - self._since >= self._phase_len:
                 if self._grown:
-                    self._probe_bw = bw
-                    self._enter(Phase.PROBE, now, self._probe_time(loop))
+                    self._start_probe(now, bw, loop)
                 else:
                     self._enter(Phase.CRUISE, now)
         elif phase is Phase.CRUISE:
             if filled:
                 self._cruise_filled += dt
                 if self._cruise_filled >= CRUISE_TIME and clean:
-                    self._probe_bw = bw
-                    self._enter(Phase.PROBE, now, self._probe_time(loop))
+                    self._start_probe(now, bw, loop)
         elif phase is Phase.PROBE:
             grew = bw >= PROBE_GROWTH * self._probe_bw
             if grew and self._grown + 1 >= PROBE_CHAIN:
@@ -458,8 +465,7 @@ class CapacityEstimator:
             elif grew or now - self._since >= self._phase_len:
                 # drain what the probe has queued so far
                 self._grown = self._grown + 1 if grew else 0
-                self._enter(Phase.DRAIN, now,
-                            (now - self._since) * (PROBE_GAIN - 1) / (1 - DRAIN_GAIN), loop)
+                self._enter(Phase.DRAIN, now, _probe_drain(now - self._since), loop)
 
         # what we may send for the path to deliver bw, its steady loss included
         lossy = 1 - min(self._floor(now), MAX_LOSS_CREDIT)

@@ -97,6 +97,7 @@ class Path:
     reply_to: tuple | None = None              # server: peer in the listen socket's form
     reply_from: tuple[int, bytes] = (0, b"")   # server: our address the client sends to
     endpoint_generation: int = 0               # client: MPTCP endpoint id rotation
+    endpoint_source: str | None = None         # client: the address of its endpoint now
     peer_tx: int = 0                           # the other side's counters for this path
     peer_rx: int = 0
     tx_bytes: int = 0                          # our counters for it, at the last tick
@@ -410,6 +411,7 @@ class Daemon:
 
     def _state_changed(self, p: Path, new: State, why: str) -> None:
         log.info("path %s %s (%s)", p.name, new.value, why)
+        self._sync_endpoint(p)
         peer = self.peers[p.peer_index]
         self._push_table(peer)
         if not self.server:
@@ -733,16 +735,38 @@ class Daemon:
                 self._state_changed(p, new, "link up" if ok else "link down or address gone")
 
     def _move_subflow_source(self, p: Path, source: str | None) -> None:
-        """Keep the MPTCP endpoint and the `from ADDR` rule of the path on its
-        current address (none while the link is down)."""
+        """Keep the `from ADDR` rule of the path on its current address (none
+        while the link is down), and the MPTCP endpoint with it."""
         old = netlink.PathRoutes(**{**p.routes.__dict__})
         p.routes.source = source
-        p.endpoint_generation += 1
-        generation = p.endpoint_generation
 
         def apply(_ipr):
             netlink.remove(_ipr, old)
             netlink.install(_ipr, p.routes)
+
+        asyncio.get_running_loop().create_task(self.nl.call(apply))
+        self._sync_endpoint(p)
+
+    def _sync_endpoint(self, p: Path) -> None:
+        """The path's MPTCP endpoint (subflows of the TCP proxy's connections)
+        exists while the path is up, on its current address.  Not before: a
+        link that comes back is given the endpoint only once the tunnel's
+        probes show the path works and the hold-down is over.  Had the old
+        address the connection's first subflow, the new subflow joins with
+        the same address id (0), and the peer, still to process the RM_ADDR
+        that the endpoint's removal sent, closed the new subflow with the old
+        one (the kernel then opens none again)."""
+        if self.proxy is None or self.server:
+            return
+        up = p.health.state in (State.UP, State.SUSPECT)
+        source = p.routes.source if up else None
+        if source == p.endpoint_source:
+            return
+        p.endpoint_source = source
+        p.endpoint_generation += 1
+        generation = p.endpoint_generation
+
+        def apply(_ipr):
             mptcp.set_endpoint(_ipr, p.index, source, p.priority > 0, generation)
 
         asyncio.get_running_loop().create_task(self.nl.call(apply))

@@ -87,8 +87,7 @@ def make_lab(request):
 
     yield factory
 
-    failed = any(getattr(request.node, f"rep_{w}", None) is not None
-                 and getattr(request.node, f"rep_{w}").failed for w in ("setup", "call"))
+    failed = _failed(request)
     errors = []
     for lab in labs:
         if failed and not lab.closed:
@@ -112,8 +111,13 @@ def lab(request, make_lab):
     return make_lab()
 
 
+def _failed(request) -> bool:
+    return any(getattr(request.node, f"rep_{w}", None) is not None
+               and getattr(request.node, f"rep_{w}").failed for w in ("setup", "call"))
+
+
 @pytest.fixture
-def tunnel(make_lab):
+def tunnel(request, make_lab):
     """Factory: ``tunnel(paths=2, rate_mbit=100, delays=None, weights=..., client=...,
     server=..., path_keys=...)`` builds a lab (``delays``: {k: (one-way delay ms,
     jitter ms)} on path k, both directions), starts mptd on both routers and
@@ -135,5 +139,10 @@ def tunnel(make_lab):
     for t in made:
         if t.lab.closed:
             continue
-        codes = t.stop()
-        assert set(codes) <= {0, None}, f"mptd exit codes {codes}:\n{t.client.output()}"
+        codes = t.stop(keep_logs=True)
+        logs = "".join(f"\n--- mptd {name} log ---\n{d.output()}"
+                       for name, d in (("client", t.client), ("server", t.server)))
+        t.close_logs()
+        if _failed(request):
+            print(logs)
+        assert set(codes) <= {0, None}, f"mptd exit codes {codes}:{logs}"

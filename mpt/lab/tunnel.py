@@ -33,8 +33,11 @@ class Daemon:
                               stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
-        with open(self.log.name, errors="replace") as f:
-            return f.read()
+        try:
+            with open(self.log.name, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return "(log closed)"
 
     def status(self) -> dict:
         if self.proc.poll() is not None:
@@ -107,15 +110,20 @@ class Tunnel:
                                   f"{self.client.output()}\nserver:\n{self.server.output()}")
             time.sleep(0.05)
 
-    def stop(self) -> tuple[int | None, int | None]:
+    def stop(self, keep_logs: bool = False) -> tuple[int | None, int | None]:
         """Stop both; the exit codes of those still running (None for one
-        that had already been stopped or killed)."""
+        that had already been stopped or killed).  `keep_logs`: their
+        output() stays readable until close_logs()."""
         try:
             return tuple(None if d.proc.returncode is not None else d.stop()
                          for d in (self.client, self.server))
         finally:
-            for d in (self.client, self.server):
-                d.close()
+            if not keep_logs:
+                self.close_logs()
+
+    def close_logs(self) -> None:
+        for d in (self.client, self.server):
+            d.close()
 
     def __enter__(self):
         return self

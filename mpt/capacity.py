@@ -21,10 +21,13 @@ credited delivery / (1 - p).
   SPAN (0.2 s; one probe interval alone is too noisy).  `delivery_bps` is
   the maximum of the samples of the last WINDOW (3 s: longer than a
   cruise, so cruising a little under it does not wear it down).  A sample counts
-  only when it reflects a filled path: we sent at least FILLED of the
-  estimate for a whole feedback loop (RTT + two probe intervals + SPAN,
-  the time before what we send shows in the peer's counters).  A sample
-  from an app-limited time counts only if it is higher.  The window moves
+  only when it reflects a full path: we sent at least FULL of the estimate
+  for a whole feedback loop (RTT + two probe intervals + SPAN, the time
+  before what we send shows in the peer's counters).  A sample from an
+  app-limited time counts only if it is higher: a TCP flow that sends a
+  little under the estimate after a loss shows its own limit, not the
+  path's (taken as the path's, the estimate followed the flow down and its
+  next growth spilled to slower paths).  The window moves
   with counted samples only, so while traffic is light the last
   measurement stands rather than collapsing to the light rate.
 * The estimate is a gain times delivery_bps, never below the floor:
@@ -34,7 +37,7 @@ credited delivery / (1 - p).
              STARTUP_GAIN x delivery_bps; ends with an overload;
     drain    DRAIN_GAIN, as long as the queue the RTT shows needs to empty
              at that gain (at least what a probe added, at most MAX_DRAIN);
-    cruise   1.0; after CRUISE_TIME of filled sending, and clean, probe;
+    cruise   CRUISE_GAIN; after CRUISE_TIME of full sending, and clean, probe;
     probe    PROBE_GAIN for one feedback loop, then drain.  The queue a
              probe of a full path leaves is (gain - 1) x a loop of its rate:
              a few ms, which a shallow link buffer holds.  If delivery grew
@@ -43,7 +46,8 @@ credited delivery / (1 - p).
              row mean a lot more room: startup again (one grown probe alone
              is more likely noise, and startup's 25 % steps on a full path
              would overflow its buffer: a loss for every TCP flow on it).
-* Overload, judged on samples of a filled path: (a) the delivery fell short
+* Overload, judged on samples of a filled path (at least FILLED of the
+  estimate: a path can be overloaded below its estimate): (a) the delivery fell short
   of SHORTFALL of the least we sent in all the time the sample can reflect
   (a capacity drop; comparing with the least makes it immune to the
   counters' lag), or (b) the loss figure is LOSS_RISE above the path's own
@@ -80,6 +84,7 @@ SPAN = 0.2             # s: each delivery sample covers at least this
 BASE_WINDOW = 10.0     # s: min RTT and loss floor
 FLOOR_BPS = 1e6
 FILLED = 0.85          # sent >= this share of the estimate: the path was filled
+FULL = 0.95            # ... this share: the traffic wanted all of it (not app-limited)
 STEP_GAIN = 1.25       # startup: per step
 STARTUP_GAIN = 1.25    # startup: at most this times the delivery rate (overflow finds more)
 PROBE_GAIN = 1.05
@@ -107,6 +112,11 @@ def _probe_drain(probed_for: float) -> float:
     """How long DRAIN_GAIN takes to empty what probing a full path for
     `probed_for` seconds queued."""
     return probed_for * (PROBE_GAIN - 1) / (1 - DRAIN_GAIN)
+
+
+def _since(since: float | None, now: float) -> float:
+    """When a run of intervals began (`since`, or now if it begins now)."""
+    return now if since is None else since
 
 
 def _inflated(rtt: float) -> float:
@@ -187,6 +197,7 @@ class CapacityEstimator:
         self._steady_loss = (-math.inf, 0.0)                         # (when, loss)
         self._hist: deque[_Report] = deque()
         self._filled_since: float | None = None
+        self._full_since: float | None = None
         self._since = 0.0                          # phase entered
         self._phase_len = 0.0                      # drain/probe: how long it lasts
         self._last_step = -math.inf
@@ -238,7 +249,7 @@ class CapacityEstimator:
                     or (reported_at is not None and reported_at < last.peer_t)):
                 # a counter or clock restarted (the peer or we): measure afresh
                 self._hist.clear()
-                self._filled_since = None
+                self._filled_since = self._full_since = None
         prev_loss = self._loss
         if rtt is not None:
             self._rtt = rtt
@@ -260,10 +271,9 @@ class CapacityEstimator:
         dt = now - last.t
         sent_bps = 8 * (sent_bytes - last.sent) / dt
         filled = prev > 0 and sent_bps >= FILLED * prev
-        if not filled:
-            self._filled_since = None
-        elif self._filled_since is None:
-            self._filled_since = last.t
+        full = prev > 0 and sent_bps >= FULL * prev
+        self._filled_since = _since(self._filled_since, last.t) if filled else None
+        self._full_since = _since(self._full_since, last.t) if full else None
         self._hist.append(_Report(now, sent_bytes, delivered_bytes, reported_at, sent_bps, filled))
         loop = self._feedback_loop(dt)
         while len(self._hist) > 2 and self._hist[1].t <= now - loop - SPAN:
@@ -275,13 +285,14 @@ class CapacityEstimator:
         rate, since = sample
         known = self._bw.value
         covered = self._filled_since is not None and now - self._filled_since >= loop
+        limited = self._full_since is None or now - self._full_since < loop
         counted: float | None = rate
         if since < self._fresh_from:
             # the span reaches back before the last back-off, maybe before a
             # drop: only as far as the latest interval confirms it
             latest = self._latest_rate()
             counted = min(rate, latest) if latest is not None else None
-        if counted is not None and (prev == 0 or covered
+        if counted is not None and (prev == 0 or (covered and not limited)
                                     or (known is not None and counted > known)):
             self._bw.add(now, counted)
 
@@ -310,7 +321,7 @@ class CapacityEstimator:
         # queueing nor loss beyond its own
         clean = (covered and not self._queueing(self._rtt)
                  and not self._short(now, rate, loop, LOSS_RISE))
-        self._advance(now, dt, filled, clean, loop, sent_bps > 0)
+        self._advance(now, dt, filled, full, clean, loop, sent_bps > 0)
 
     def _feedback_loop(self, dt: float) -> float:
         """How long until what we send shows in a delivery sample, generously:
@@ -433,7 +444,7 @@ class CapacityEstimator:
             # (the delivery shortfall is lag-proof)
             self._quiet_until = now + length + loop
 
-    def _advance(self, now: float, dt: float, filled: bool, clean: bool,
+    def _advance(self, now: float, dt: float, filled: bool, full: bool, clean: bool,
                  loop: float, sending: bool) -> None:
         bw = self._bw.value or 0.0
         phase = self.phase
@@ -453,7 +464,7 @@ class CapacityEstimator:
                 else:
                     self._enter(Phase.CRUISE, now)
         elif phase is Phase.CRUISE:
-            if filled:
+            if full:        # (traffic that does not fill the estimate cannot fill a probe)
                 self._cruise_filled += dt
                 if self._cruise_filled >= CRUISE_TIME and clean:
                     self._start_probe(now, bw, loop)

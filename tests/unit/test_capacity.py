@@ -168,6 +168,18 @@ def test_app_limited_traffic_keeps_the_recent_measurement():
     assert sim.est.phase is Phase.CRUISE        # no probing while nothing fills the path
 
 
+@pytest.mark.parametrize("share", [0.86, 0.9])
+def test_traffic_just_under_the_estimate_does_not_wear_it_down(share):
+    """A TCP flow after a loss sends a little under the estimate for seconds:
+    that is the flow's limit, not the path's.  Taken as the path's, the
+    estimate followed the flow down (cruising at 0.98 of it, and probes the
+    flow could not fill), and the flow's next growth spilled to slower paths."""
+    sim = SimPath(const(100 * MBIT), lambda t: 1000 * MBIT if t < 5 else share * 100 * MBIT,
+                  CapacityEstimator(0), buffer=0.02, jitter=0.002, paced="startup").run(25)
+    assert min(sim.between(8, 25)) >= CRUISE_GAIN * 100 - 1
+    assert sim.est.delivery_bps >= 99 * MBIT
+
+
 def test_an_unused_spill_path_keeps_its_guess():
     sim = SimPath(const(20 * MBIT), const(0), CapacityEstimator(20 * MBIT)).run(5)
     assert all(c == 20 for c in sim.between(0, 5))

@@ -168,7 +168,6 @@ class _Report(NamedTuple):
     delivered: int             # the peer's counter ...
     peer_t: float | None       # ... read at this time of the peer's clock
     sent_bps: float | None     # our send rate over the interval before
-    filled: bool               # ... at least FILLED of the estimate
 
 
 class CapacityEstimator:
@@ -261,7 +260,7 @@ class CapacityEstimator:
             self._loss = loss
         self._loss_floor.expire(now)
         if not self._hist:
-            self._hist.append(_Report(now, sent_bytes, delivered_bytes, reported_at, None, False))
+            self._hist.append(_Report(now, sent_bytes, delivered_bytes, reported_at, None))
             if self._seed and self._bw.value is None:
                 self._bw.reset(now, self._seed)    # the guess stands in for a sample
             return
@@ -274,7 +273,7 @@ class CapacityEstimator:
         full = prev > 0 and sent_bps >= FULL * prev
         self._filled_since = _since(self._filled_since, last.t) if filled else None
         self._full_since = _since(self._full_since, last.t) if full else None
-        self._hist.append(_Report(now, sent_bytes, delivered_bytes, reported_at, sent_bps, filled))
+        self._hist.append(_Report(now, sent_bytes, delivered_bytes, reported_at, sent_bps))
         loop = self._feedback_loop(dt)
         while len(self._hist) > 2 and self._hist[1].t <= now - loop - SPAN:
             self._hist.popleft()

@@ -33,6 +33,7 @@ struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int listen_fd, uint32_t hold_
     dp->listen_fd = listen_fd;
     dp->hold_ns = (int64_t)hold_us * 1000;
     dp->alive_ns = (int64_t)alive_ms * 1000000;
+    mpt_fq_init(&dp->backlog.fq);
     pthread_mutex_init(&dp->lock, NULL);
     pthread_cond_init(&dp->synced, NULL);
     dp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -383,7 +384,7 @@ static int poll_timeout_ms(struct mpt_dp *dp)
             deadline = d;
     }
     pthread_mutex_unlock(&dp->lock);
-    if (dp->backlog.n && (deadline < 0 || dp->backlog.retry_ns < deadline))
+    if (dp->backlog.fq.n && (deadline < 0 || dp->backlog.retry_ns < deadline))
         deadline = dp->backlog.retry_ns;
     if (deadline < 0)
         return IDLE_POLL_MS;
@@ -438,7 +439,7 @@ static void *loop(void *arg)
         for (int k = 2; k < n; k++)
             if (pfd[k].revents & POLLIN)
                 mpt_receive_from_socket(dp, pfd[k].fd);
-        if (dp->backlog.n)
+        if (dp->backlog.fq.n)
             mpt_send_backlog(dp, mpt_now_ns());
         if (pfd[1].revents & POLLIN)
             mpt_send_from_tun(dp);

@@ -23,8 +23,12 @@
 #define MPT_SOCKADDR_MAX 28   /* sizeof(struct sockaddr_in6) */
 #define MPT_MAX_PEERS 16
 #define MPT_MAX_ALLOWED 16
-#define MPT_PACE_SLOTS 512    /* packets waiting for a paced path */
-#define MPT_PACE_MAX_MS 20    /* ... and how long they may wait at most */
+/* How long a packet may wait for a paced path.  Flows take turns in the
+ * backlog, so this is the queue a bulk flow may build, not what a ping
+ * waits: deep enough for a TCP window across paths of 10 and 60 ms RTT
+ * (cubic, cut to 0.7 on a loss, keeps the paths full from ~0.43 of the
+ * path-delay product; 20 ms lost 10-20 % on such pairs). */
+#define MPT_PACE_MAX_MS 40
 
 struct mpt_path_counters {
     uint64_t tx_packets, tx_bytes;   /* data sent on this path (datagram bytes: */

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include "mpt_aead.h"
 #include "mpt_datapath.h"
+#include "mpt_fq.h"
 #include "mpt_pktinfo.h"
 #include "mpt_reorder.h"
 #include "mpt_replay.h"
@@ -60,16 +61,17 @@ struct mpt_txq {
     unsigned n;
 };
 
-/* Packets waiting until a rate-capped path has tokens again (FIFO). */
+/* Packets waiting until a paced path has room, taken in flow-fair order
+ * (mpt_fq.h); slot[i] is the packet in the queue's slot i. */
 struct mpt_backlog {
-    uint32_t head, n;
-    int64_t retry_ns;              /* when the head may go; 0: now */
+    int64_t retry_ns;              /* when the next one may go; 0: now */
+    struct mpt_fq fq;
     struct {
         int64_t since_ns;
         uint32_t len;
         int32_t peer;
         uint8_t buf[MPT_BUF_LEN];
-    } slot[MPT_PACE_SLOTS];
+    } slot[MPT_FQ_SLOTS];
 };
 
 /* Handshake packets reach Python at a bounded rate, per source and in all. */

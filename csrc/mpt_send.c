@@ -8,7 +8,8 @@
  *                    auto, within rate caps), number the packet (its flow's
  *                    bucket and sequence), seal it and queue it on that
  *                    path; a packet every path is too busy for waits in
- *                    the pacing backlog, at most MPT_PACE_MAX_MS;
+ *                    the pacing backlog (flow-fair, mpt_fq.h), at most
+ *                    MPT_PACE_MAX_MS;
  *   3. flush         one sendmmsg per path, still under the lock.  A full send
  *                    buffer or an error on one path drops (and counts) that
  *                    path's packets; it never holds up another path.
@@ -123,23 +124,19 @@ static int send_one(struct mpt_dp *dp, int peer, uint8_t *buf, uint32_t len, int
     return 0;
 }
 
-/* Park a packet until a paced path has room; drop it if the backlog is
- * full or its head has already waited too long (a queue that only grows
- * is bufferbloat, the thing pacing is meant to avoid). */
+/* Park a packet until a paced path has room, in its flow's queue.  If the
+ * backlog is full, the oldest packet of the longest queue makes room. */
 static void park(struct mpt_dp *dp, int peer, const uint8_t *buf, uint32_t len, int64_t now)
 {
     struct mpt_backlog *b = &dp->backlog;
-    uint32_t tail;
-    if (b->n == MPT_PACE_SLOTS || (b->n && now - b->slot[b->head].since_ns > PACE_MAX_NS)) {
-        dp->peers[peer].counters.drop_pacing++;
-        return;
-    }
-    tail = (b->head + b->n) % MPT_PACE_SLOTS;
-    memcpy(b->slot[tail].buf + MPT_HDR_LEN, buf + MPT_HDR_LEN, len);
-    b->slot[tail].len = len;
-    b->slot[tail].peer = peer;
-    b->slot[tail].since_ns = now;
-    b->n++;
+    uint32_t flow = mpt_flow_bucket(buf + MPT_HDR_LEN, len, 1u << 16) + 40503u * (uint32_t)peer;
+    int dropped, s = mpt_fq_push(&b->fq, flow, &dropped);
+    if (dropped >= 0)
+        dp->peers[b->slot[dropped].peer].counters.drop_pacing++;
+    memcpy(b->slot[s].buf + MPT_HDR_LEN, buf + MPT_HDR_LEN, len);
+    b->slot[s].len = len;
+    b->slot[s].peer = peer;
+    b->slot[s].since_ns = now;
 }
 
 /* Called with dp->lock held. */
@@ -150,9 +147,9 @@ static void schedule(struct mpt_dp *dp, unsigned n, const uint32_t *lens)
         int peer = peer_of(dp, dp->tx_buf[i] + MPT_HDR_LEN, lens[i]);
         if (peer < 0)
             continue;
-        /* Behind packets already waiting: keep the order. */
-        if (dp->backlog.n || send_one(dp, peer, dp->tx_buf[i], lens[i], now, now, &retry)) {
-            if (!dp->backlog.n)
+        /* While packets wait, the new one waits its turn (mpt_send_backlog). */
+        if (dp->backlog.fq.n || send_one(dp, peer, dp->tx_buf[i], lens[i], now, now, &retry)) {
+            if (!dp->backlog.fq.n)
                 dp->backlog.retry_ns = retry;
             park(dp, peer, dp->tx_buf[i], lens[i], now);
         }
@@ -189,22 +186,27 @@ static void flush(struct mpt_dp *dp)
     }
 }
 
+/* Offer the waiting packets to the scheduler, flow by flow in turn, until
+ * every path is busy again.  A packet that has waited PACE_MAX_NS is
+ * dropped: a queue that only grows is bufferbloat, the thing pacing is
+ * meant to avoid, and with flows taking turns only the flows that keep it
+ * full wait that long. */
 void mpt_send_backlog(struct mpt_dp *dp, int64_t now)
 {
     struct mpt_backlog *b = &dp->backlog;
     unsigned queued = 0;
+    int s;
     if (now < b->retry_ns)
         return;
     pthread_mutex_lock(&dp->lock);
-    while (b->n && queued < MPT_BATCH) {
+    while ((s = mpt_fq_peek(&b->fq)) >= 0 && queued < MPT_BATCH) {
         int64_t retry = 0;
-        uint32_t h = b->head;
-        int peer = b->slot[h].peer;
+        int peer = b->slot[s].peer;
         if (!dp->peers[peer].keyed) {
             dp->peers[peer].counters.drop_no_session++;
-        } else if (send_one(dp, peer, b->slot[h].buf, b->slot[h].len, now,
-                            b->slot[h].since_ns, &retry)) {
-            if (now - b->slot[h].since_ns <= PACE_MAX_NS) {
+        } else if (send_one(dp, peer, b->slot[s].buf, b->slot[s].len, now,
+                            b->slot[s].since_ns, &retry)) {
+            if (now - b->slot[s].since_ns <= PACE_MAX_NS) {
                 b->retry_ns = retry;
                 break;
             }
@@ -212,8 +214,7 @@ void mpt_send_backlog(struct mpt_dp *dp, int64_t now)
         } else {
             queued++;
         }
-        b->head = (h + 1) % MPT_PACE_SLOTS;
-        b->n--;
+        mpt_fq_pop(&b->fq);
     }
     /* The queued packets live in the backlog slots: send before they are
      * reused, and before the lock lets a control packet be sealed (flush). */

@@ -146,12 +146,13 @@ def test_numbered_stream_over_unequal_paths_is_complete_and_in_order(shaped_tunn
 PORT_A, PORT_B = 6001, 6002
 
 
-def flow_bucket(src: str, dst: str, sport: int, dport: int) -> int:
+def flow_bucket(src: str, dst: str, sport: int, dport: int,
+                nbuckets: int = lib.MPT_FLOW_BUCKETS) -> int:
     """The bucket the sender puts an IPv4 UDP flow in (mpt_flow_bucket)."""
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + 32, 0, 0, 64, socket.IPPROTO_UDP,
                      0, socket.inet_aton(src), socket.inet_aton(dst))
     pkt = ip + struct.pack("!HHHH", sport, dport, 8 + 32, 0) + bytes(32)
-    return lib.mpt_flow_bucket(ffi.from_buffer(pkt), len(pkt), lib.MPT_FLOW_BUCKETS)
+    return lib.mpt_flow_bucket(ffi.from_buffer(pkt), len(pkt), nbuckets)
 
 
 def source_ports(lab) -> tuple[int, int, int]:
@@ -316,3 +317,40 @@ def test_rate_cap_holds_within_5_percent(shaped_tunnel, mode):
     print(f"path 1 carried {mbit:.2f} Mbit/s")
     assert abs(mbit - 20) <= 1.0, (f"path 1 carried {mbit:.2f} Mbit/s (Ethernet frames)"
                                    f"\n{counters(t)}\n{path_events(t)}")
+
+
+# ------------------------------------- 4: a sparse flow beside a backlogged one
+def test_sparse_flow_does_not_wait_behind_a_bulk_flow(shaped_tunnel):
+    """Both paths capped at 10 Mbit/s (`rate`), flow A offers 40: the pacing
+    backlog stays full of A (its packets wait there up to MPT_PACE_MAX_MS,
+    then are dropped).  Flow B, 1 Mbit/s, takes turns with A in the backlog
+    (mpt_fq.h): it waits behind at most one of A's packets, not behind A's
+    whole queue, and loses nothing."""
+    t = shaped_tunnel([100, 100], path_keys={1: {"rate": "10mbit"}, 2: {"rate": "10mbit"}})
+    lab = t.lab
+    src, dst = lab.lan_a_addr(), lab.lan_b_addr()
+
+    def queue(sport, dport):      # the client's backlog queue (park(), peer 0)
+        return flow_bucket(src, dst, sport, dport, 1 << 16) % lib.MPT_FQ_QUEUES
+    sport_b = 40002
+    sport_a = next(p for p in range(40001, 40200, 2) if queue(p, PORT_A) != queue(sport_b, PORT_B))
+    snap = snapshot(t)
+    rx_a = traffic.start_udp_receiver(lab, lab.lanB, lab.lan_b_addr(), PORT_A)
+    rx_b = traffic.start_udp_receiver(lab, lab.lanB, lab.lan_b_addr(), PORT_B)
+    a = start_sender(lab, sport_a, PORT_A, 40, 5)
+    b = start_sender(lab, sport_b, PORT_B, 1, 4)
+    b.result(40)
+    a.result(40)
+    res_a, res_b = rx_a.result(), rx_b.result()
+    d = {"A": res_a["one_way_delay_ms"], "B": res_b["one_way_delay_ms"]}
+    why = (f"one-way delay ms {d}\nlost A {res_a['lost']} of {res_a['sent']}, "
+           f"B {res_b['lost']} of {res_b['sent']}\n{counters(t, snap)}\n{path_events(t)}")
+    print(why)
+    # A kept the backlog full: about half of it dropped, the rest waited long
+    drops = snapshot(t)["client"]["drop_pacing"] - snap["client"].get("drop_pacing", 0)
+    assert drops >= 0.3 * res_a["sent"], why
+    assert d["A"]["median"] >= 0.5 * lib.MPT_PACE_MAX_MS, why
+    # B passed it: complete, in order, and at the links' own delay (one of
+    # A's packets at 20 Mbit/s is 0.5 ms)
+    assert res_b["lost"] == 0 and res_b["in_order"] and res_b["duplicates"] == 0, why
+    assert d["B"]["median"] <= 2.0 and d["B"]["p99"] <= 5.0, why

@@ -1,8 +1,8 @@
 /* Flow-fair queue of packet slots (mpt_fq.h). */
 #include "mpt_fq.h"
 
-/* With more slots than queues, the longest queue of a full backlog holds
- * at least two packets, so the drop that makes room never empties it. */
+/* With at least two slots per queue, the longest queue of a full backlog
+ * holds at least two packets, so the drop that makes room never empties it. */
 _Static_assert(MPT_FQ_SLOTS >= 2 * MPT_FQ_QUEUES, "slots per queue");
 _Static_assert(MPT_FQ_SLOTS < MPT_FQ_END, "slot indices fit 16 bits");
 

@@ -124,8 +124,10 @@ static int send_one(struct mpt_dp *dp, int peer, uint8_t *buf, uint32_t len, int
     return 0;
 }
 
-/* Park a packet until a paced path has room, in its flow's queue.  If the
- * backlog is full, the oldest packet of the longest queue makes room. */
+/* Park a packet until a paced path has room, in its flow's queue (the
+ * reorder bucket's hash, so a flow's packets keep their order; IPv4
+ * fragments hash without ports, as there).  If the backlog is full, the
+ * oldest packet of the longest queue makes room. */
 static void park(struct mpt_dp *dp, int peer, const uint8_t *buf, uint32_t len, int64_t now)
 {
     struct mpt_backlog *b = &dp->backlog;
@@ -187,10 +189,12 @@ static void flush(struct mpt_dp *dp)
 }
 
 /* Offer the waiting packets to the scheduler, flow by flow in turn, until
- * every path is busy again.  A packet that has waited PACE_MAX_NS is
- * dropped: a queue that only grows is bufferbloat, the thing pacing is
- * meant to avoid, and with flows taking turns only the flows that keep it
- * full wait that long. */
+ * the one whose turn it is finds no room (its peer's paths are busy; the
+ * other flows wait with it, so on a server for that peer's next packet
+ * time).  A packet whose turn comes after it waited PACE_MAX_NS and that
+ * finds no room is dropped: a queue that only grows is bufferbloat, the
+ * thing pacing is meant to avoid, and with flows taking turns only the
+ * flows that keep the backlog full wait that long. */
 void mpt_send_backlog(struct mpt_dp *dp, int64_t now)
 {
     struct mpt_backlog *b = &dp->backlog;

@@ -210,10 +210,8 @@ int mpt_dp_set_path(struct mpt_dp *dp, int peer, int idx, int fd, const uint8_t 
         return -1;
     p = &pe->paths[idx];
     p->fd = fd;
-    if (addrlen) {
-        memcpy(&p->peer, addr, addrlen);
-        p->peerlen = addrlen;
-    }
+    if (addrlen)
+        mpt_path_set_peer(pe, idx, addr, addrlen);
     if (fd < 0)
         p->peerlen = 0;
     p->weight = weight;
@@ -235,8 +233,7 @@ int mpt_dp_set_peer(struct mpt_dp *dp, int peer, int idx, int fd, const uint8_t 
     if (!(pe = lock_peer(dp, peer)))
         return -1;
     p = &pe->paths[idx];
-    memcpy(&p->peer, addr, addrlen);
-    p->peerlen = addrlen;
+    mpt_path_set_peer(pe, idx, addr, addrlen);
     p->local.family = local_family;
     memcpy(p->local.addr, local, sizeof(p->local.addr));
     if (p->fd != fd) {

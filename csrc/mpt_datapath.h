@@ -31,8 +31,8 @@
 #define MPT_PACE_MAX_MS 40
 
 struct mpt_path_counters {
-    uint64_t tx_packets, tx_bytes;   /* data sent on this path (datagram bytes: */
-    uint64_t rx_packets, rx_bytes;   /* header, payload, tag), received on it */
+    uint64_t tx_packets, tx_bytes;   /* data sent on this path (IP bytes: outer IP */
+    uint64_t rx_packets, rx_bytes;   /* and UDP headers, mpt header, payload, tag), received on it */
     uint64_t tx_errors;              /* dropped: send buffer full or send error */
     uint64_t ctrl_rx;                /* control packets received */
     uint64_t ctrl_tx;                /* control packets sent */

@@ -106,3 +106,21 @@ uint32_t mpt_peer_seal(struct mpt_peer *p, uint8_t *buf, uint32_t len, uint8_t t
         return 0;
     return MPT_HDR_LEN + len + (mpt_aead_cipher(a) == MPT_CIPHER_NONE ? 0 : MPT_TAG_LEN);
 }
+
+uint32_t mpt_outer_overhead(const struct sockaddr_storage *addr, socklen_t len)
+{
+    const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)addr;
+    if (len >= sizeof(*a6) && addr->ss_family == AF_INET6 &&
+        !IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr))
+        return 40 + 8;
+    return 20 + 8;
+}
+
+void mpt_path_set_peer(struct mpt_peer *pe, int idx, const void *addr, socklen_t len)
+{
+    struct mpt_path *p = &pe->paths[idx];
+    memcpy(&p->peer, addr, len);
+    p->peerlen = len;
+    p->overhead = mpt_outer_overhead(&p->peer, len);
+    mpt_sched_set_overhead(&pe->sched, idx, p->overhead);
+}

@@ -122,8 +122,7 @@ static void learn(struct mpt_dp *dp, struct mpt_peer *pe, int idx, int fd, unsig
         return;
     if (p->peerlen != 0)
         pe->counters.path[idx].addr_changes++;
-    memcpy(&p->peer, &dp->rx_from[i], fromlen);
-    p->peerlen = fromlen;
+    mpt_path_set_peer(pe, idx, &dp->rx_from[i], fromlen);
     if (p->fd != fd) {
         p->fd = fd;
         dp->gen++;
@@ -225,7 +224,7 @@ static void receive_one(struct mpt_dp *dp, int fd, unsigned i, int64_t now)
     if (dp->server)
         learn(dp, pe, idx, fd, i);
     pe->counters.path[idx].rx_packets++;
-    pe->counters.path[idx].rx_bytes += len;
+    pe->counters.path[idx].rx_bytes += len + mpt_outer_overhead(&dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen);
     mpt_reorder_input(pe->reorder, h.seq, h.bucket, h.flow_seq, idx, h.run, pkt + MPT_HDR_LEN,
                       (uint32_t)n, now);
 }

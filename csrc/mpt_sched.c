@@ -45,6 +45,7 @@ void mpt_sched_init(struct mpt_sched *s)
         p->debt_ns = 0;
         p->paced_at = 0;
         p->overflow_ns = 0;
+        p->overhead = 0;
         p->tier_mask = 0;
         p->active = 0;
     }
@@ -71,7 +72,7 @@ static int fits(const struct mpt_sched_path *p, uint32_t bytes, int64_t now, int
 
     if (p->ns_per_byte <= 0)
         return 1;
-    cost = (double)bytes * p->ns_per_byte;
+    cost = (double)(bytes + p->overhead) * p->ns_per_byte;
     need = p->debt_ns + (cost > p->burst_ns ? 0 : cost - p->burst_ns);
     if (elapsed_ns(p, now) >= need)
         return 1;
@@ -94,7 +95,8 @@ static void charge(struct mpt_sched_path *p, uint32_t bytes, int64_t now)
     if (p->ns_per_byte <= 0)
         return;
     el = elapsed_ns(p, now);
-    p->debt_ns = (el >= p->debt_ns ? 0 : p->debt_ns - el) + (double)bytes * p->ns_per_byte;
+    p->debt_ns = (el >= p->debt_ns ? 0 : p->debt_ns - el)
+                 + (double)(bytes + p->overhead) * p->ns_per_byte;
     if (now > p->paced_at)
         p->paced_at = now;
 }
@@ -365,7 +367,7 @@ int mpt_sched_pick(struct mpt_sched *s, uint32_t bytes, int64_t now_ns, int64_t 
                     p->vtime = b->vtime;
             }
             charge(b, bytes, now_ns);
-            b->vtime += (double)bytes / b->step_weight;
+            b->vtime += (double)(bytes + b->overhead) / b->step_weight;
             if (b->vtime > VTIME_REBASE)
                 rebase(s, k, end);
             return best;
@@ -408,10 +410,17 @@ int mpt_sched_overflow(struct mpt_sched *s, uint32_t bytes, int64_t now_ns)
         struct mpt_sched_path *b = &s->path[best];
         /* unpaced (rate unknown): counted as 1 Gbit/s, just to take turns */
         double nspb = b->ns_per_byte > 0 ? b->ns_per_byte : 8.0;
-        double step = (double)bytes * nspb;
+        double step = (double)(bytes + b->overhead) * nspb;
         b->overflow_ns = best_at + (step < 1e12 ? (int64_t)step : (int64_t)1e12);
     }
     return best;
+}
+
+void mpt_sched_set_overhead(struct mpt_sched *s, int idx, uint32_t bytes)
+{
+    if (idx < 0 || idx >= MPT_MAX_PATHS)
+        return;
+    s->path[idx].overhead = bytes > MPT_SCHED_MAX_OVERHEAD ? MPT_SCHED_MAX_OVERHEAD : bytes;
 }
 
 void mpt_sched_set_overflow(struct mpt_sched *s, int on)

@@ -58,6 +58,7 @@
 #define MPT_SCHED_OVERFLOW_NS 2000000  /* auto: a packet waits this long, then overflows */
 #define MPT_SCHED_MIN_BURST 3000      /* bytes: default bucket is 2 ms, at least this */
 #define MPT_SCHED_MIN_RATE_BPS 1000   /* rates below are raised to this */
+#define MPT_SCHED_MAX_OVERHEAD 256    /* bytes a path may add per packet */
 #define MPT_SCHED_MAX_RATE_BPS 1000000000000000  /* and above cut to this (1 Pbit/s) */
 
 struct mpt_sched_path {
@@ -74,6 +75,7 @@ struct mpt_sched_path {
     int64_t paced_at;
     int64_t overflow_ns;  /* auto overflow: this path's virtual clock */
     uint16_t tier_mask;   /* auto: the paths in its tier */
+    uint32_t overhead;    /* bytes the path adds to each packet (mpt_sched_set_overhead) */
     uint8_t active;
 };
 
@@ -107,6 +109,11 @@ int mpt_sched_pick(struct mpt_sched *s, uint32_t bytes, int64_t now_ns, int64_t 
  * send the packet on anyway (no tokens taken), or MPT_SCHED_WAIT if every
  * active path is held by its configured rate (or not auto mode). */
 int mpt_sched_overflow(struct mpt_sched *s, uint32_t bytes, int64_t now_ns);
+/* What path idx adds to every packet it carries (its outer UDP and IP
+ * headers, 0 by default, at most MPT_SCHED_MAX_OVERHEAD): its bucket, its
+ * weight share and its overflow turns count a packet of `bytes` as
+ * bytes + overhead, so a rate is one of IP packets on the link. */
+void mpt_sched_set_overhead(struct mpt_sched *s, int idx, uint32_t bytes);
 /* Allow overflow (on, the default) or not (off: a packet with no room waits,
  * then is dropped, as with configured rates). */
 void mpt_sched_set_overflow(struct mpt_sched *s, int on);

@@ -63,6 +63,7 @@ static void queue_packet(struct mpt_dp *dp, int peer, int idx, uint8_t *pkt, uin
     q->n++;
     q->fd = p->fd;
     q->counters = &pe->counters.path[idx];
+    q->overhead = p->overhead;
     memcpy(&q->to[i], &p->peer, p->peerlen);
     q->iov[i].iov_base = pkt;
     q->iov[i].iov_len = n;
@@ -102,7 +103,8 @@ static int send_one(struct mpt_dp *dp, int peer, uint8_t *buf, uint32_t len, int
                     int64_t since, int64_t *retry)
 {
     struct mpt_peer *pe = &dp->peers[peer];
-    /* Rates are of what the path carries: the whole datagram. */
+    /* Rates are of what the path carries: the whole datagram, plus the
+     * path's outer headers (mpt_sched_set_overhead). */
     uint32_t bytes = len + MPT_HDR_LEN + MPT_TAG_LEN;
     int idx = mpt_sched_pick(&pe->sched, bytes, now, retry);
     if (idx == MPT_SCHED_WAIT && pe->sched.mode == MPT_SCHED_AUTO) {
@@ -179,7 +181,7 @@ static void flush(struct mpt_dp *dp)
             }
             for (int j = 0; j < r; j++) {
                 q->counters->tx_packets++;
-                q->counters->tx_bytes += q->iov[done + j].iov_len;
+                q->counters->tx_bytes += q->iov[done + j].iov_len + q->overhead;
             }
             done += (unsigned)r;
         }

@@ -167,6 +167,37 @@ def test_rate_cap_holds_within_one_percent_over_a_second(rate, mode):
     assert abs(mbit(per[0]) - rate / MBIT) <= 0.01 * rate / MBIT
 
 
+@pytest.mark.parametrize("overhead", [28, 48])
+def test_rate_counts_each_packet_with_the_paths_header_bytes(overhead):
+    """A path's outer headers count against its rate: 20 Mbit/s of IP packets
+    on the link, whatever the packet size; a larger overhead than the cap
+    allows is cut to it."""
+    for size in (100, 1200):
+        s = capped(20 * MBIT)
+        lib.mpt_sched_set_overhead(s, 0, overhead)
+        greedy(s, 1.0, size=size)                      # spend the first bucket
+        per, _ = greedy(s, 1.0, size=size, start=SEC)
+        wire = per[0] * (size + overhead) / size
+        assert abs(mbit(wire) - 20) <= 0.2, (size, mbit(per[0]), mbit(wire))
+    lib.mpt_sched_set_overhead(s, 0, 10**6)
+    assert s.path[0].overhead == lib.MPT_SCHED_MAX_OVERHEAD
+    lib.mpt_sched_set_overhead(s, lib.MPT_MAX_PATHS, 28)   # no such path: ignored
+
+
+def test_weights_count_the_header_bytes_too():
+    """1:1 weights over an IPv4 and an IPv6 path: equal bytes on the links,
+    not equal datagram bytes."""
+    s = make([1, 1])
+    lib.mpt_sched_set_overhead(s, 0, 28)
+    lib.mpt_sched_set_overhead(s, 1, 48)
+    per = {}
+    for _ in range(10000):
+        r = pick(s, 100)
+        per[r] = per.get(r, 0) + 100
+    wire = [per[0] * 128 / 100, per[1] * 148 / 100]
+    assert abs(wire[0] - wire[1]) <= 148, wire
+
+
 @pytest.mark.parametrize("rate", [12 * MBIT, 7.3 * MBIT, 0.3 * MBIT, 999.9 * MBIT])
 @pytest.mark.parametrize("size", [64, 1000, 1500, 9000])
 def test_retry_ns_is_exact(rate, size):

@@ -173,10 +173,15 @@ class _Report(NamedTuple):
 class CapacityEstimator:
     """One path's capacity; see the module docstring for the policy."""
 
-    def __init__(self, initial_bps: float = 0.0, floor_bps: float = FLOOR_BPS):
+    def __init__(self, initial_bps: float = 0.0, floor_bps: float = FLOOR_BPS,
+                 ceiling_bps: float = 0.0):
         if not (math.isfinite(floor_bps) and floor_bps > 0):
             raise ValueError("floor_bps must be a positive rate")
         self.floor_bps = floor_bps
+        # a configured rate: the datapath never sends more, so a delivery
+        # close to it shows the rate, not the link's limit, and cruising at
+        # CRUISE_GAIN of it would leave the rate's last 2 % unused
+        self.ceiling_bps = ceiling_bps if math.isfinite(ceiling_bps) and ceiling_bps > 0 else 0.0
         initial = initial_bps if math.isfinite(initial_bps) and initial_bps > 0 else 0.0
         self._seed = initial
         self._est = max(floor_bps, initial) if initial else 0.0
@@ -493,4 +498,7 @@ class CapacityEstimator:
         elif self.phase is Phase.PROBE:
             self._est = max(self.floor_bps, PROBE_GAIN * self._probe_bw / lossy)
         else:
-            self._est = max(self.floor_bps, _GAIN[self.phase] * carries)
+            est = _GAIN[self.phase] * carries
+            if self.phase is Phase.CRUISE and self.ceiling_bps and carries >= FULL * self.ceiling_bps:
+                est = max(est, self.ceiling_bps)
+            self._est = max(self.floor_bps, est)

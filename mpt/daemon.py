@@ -255,7 +255,7 @@ class Daemon:
                         gateway=str(pc.gateway) if pc.gateway else None))
                 if pc.rate_bps:
                     self.dp.set_rate(0, i, pc.rate_bps)
-                    p.capacity = CapacityEstimator(pc.rate_bps)
+                    p.capacity = CapacityEstimator(pc.rate_bps, ceiling_bps=pc.rate_bps)
                 self.nl.run(netlink.learn_routes, p.routes)
                 self.nl.run(netlink.install, p.routes)
                 self._open_path_socket(p)

@@ -180,6 +180,28 @@ def test_traffic_just_under_the_estimate_does_not_wear_it_down(share):
     assert sim.est.delivery_bps >= 99 * MBIT
 
 
+def test_a_configured_rate_is_used_to_the_full_not_cruised_under():
+    """`rate = 20mbit` on a 100 Mbit/s link: the datapath never sends more
+    than 20, so a delivery of 20 shows the rate, not the link.  The estimate
+    stays at the rate (cruising at 0.98 of the delivery would leave 2 % of
+    the rate unused); without the ceiling it cruises under it."""
+    def run(ceiling):
+        sim = SimPath(const(100 * MBIT), const(20 * MBIT),      # min(rate, estimate)
+                      CapacityEstimator(20 * MBIT, ceiling_bps=ceiling)).run(12)
+        return sim, sum(1 for _, c, ph in sim.history if ph is Phase.CRUISE and c < 20)
+    sim, under = run(20 * MBIT)
+    assert under == 0, sim.history
+    assert sum(1 for _, c, ph in sim.history if ph is Phase.CRUISE) >= 60   # it did cruise
+    _, under_without = run(0)
+    assert under_without > 0            # what the ceiling is for
+
+
+def test_a_configured_rate_above_the_link_does_not_hold_the_estimate_up():
+    sim = SimPath(const(15 * MBIT), GREEDY,
+                  CapacityEstimator(20 * MBIT, ceiling_bps=20 * MBIT)).run(12)
+    assert max(sim.between(6, 12)) <= 16, sim.between(6, 12)
+
+
 def test_an_unused_spill_path_keeps_its_guess():
     sim = SimPath(const(20 * MBIT), const(0), CapacityEstimator(20 * MBIT)).run(5)
     assert all(c == 20 for c in sim.between(0, 5))

@@ -1,7 +1,5 @@
 """End-to-end: LAN TCP carried over MPTCP between the routers by the
 transparent proxy, one subflow per WAN path."""
-import json
-import subprocess
 import sys
 import time
 

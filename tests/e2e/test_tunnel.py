@@ -1,6 +1,5 @@
 """End-to-end: two mptd in a namespace lab, real traffic from lanA to lanB."""
 import json
-import subprocess
 import sys
 
 import pytest

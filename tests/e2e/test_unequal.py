@@ -214,13 +214,13 @@ def dropped(lab) -> int:
     return total
 
 
-def two_flows(lab, sport_a: int, sport_b: int) -> tuple[dict, dict]:
-    """Flow A (10 Mbit/s, 5 s) and, inside it, flow B (4 Mbit/s, 4 s): their
-    receivers' stats."""
+def two_flows(lab, sport_a: int, sport_b: int, mbit_a: float = 10,
+              mbit_b: float = 4) -> tuple[dict, dict]:
+    """Flow A (5 s) and, inside it, flow B (4 s): their receivers' stats."""
     rx_a = traffic.start_udp_receiver(lab, lab.lanB, lab.lan_b_addr(), PORT_A)
     rx_b = traffic.start_udp_receiver(lab, lab.lanB, lab.lan_b_addr(), PORT_B)
-    a = start_sender(lab, sport_a, PORT_A, 10, 5)
-    b = start_sender(lab, sport_b, PORT_B, 4, 4)
+    a = start_sender(lab, sport_a, PORT_A, mbit_a, 5)
+    b = start_sender(lab, sport_b, PORT_B, mbit_b, 4)
     b.result(40)
     a.result(40)
     return rx_a.result(), rx_b.result()
@@ -337,13 +337,7 @@ def test_sparse_flow_does_not_wait_behind_a_bulk_flow(shaped_tunnel):
     sport_b = 40002
     sport_a = next(p for p in range(40001, 40200, 2) if queue(p, PORT_A) != queue(sport_b, PORT_B))
     snap = snapshot(t)
-    rx_a = traffic.start_udp_receiver(lab, lab.lanB, lab.lan_b_addr(), PORT_A)
-    rx_b = traffic.start_udp_receiver(lab, lab.lanB, lab.lan_b_addr(), PORT_B)
-    a = start_sender(lab, sport_a, PORT_A, 40, 5)
-    b = start_sender(lab, sport_b, PORT_B, 1, 4)
-    b.result(40)
-    a.result(40)
-    res_a, res_b = rx_a.result(), rx_b.result()
+    res_a, res_b = two_flows(lab, sport_a, sport_b, mbit_a=40, mbit_b=1)
     d = {"A": res_a["one_way_delay_ms"], "B": res_b["one_way_delay_ms"]}
     why = (f"one-way delay ms {d}\nlost A {res_a['lost']} of {res_a['sent']}, "
            f"B {res_b['lost']} of {res_b['sent']}\n{counters(t, snap)}\n{path_events(t)}")

@@ -21,7 +21,6 @@ struct mpt_path {
     double weight;
     struct sockaddr_storage peer;
     socklen_t peerlen;
-    uint32_t overhead;             /* outer UDP + IP header bytes to the peer */
     struct mpt_local local;        /* server: the address the client sends to */
 };
 
@@ -58,7 +57,7 @@ struct mpt_txq {
     struct sockaddr_storage to[MPT_BATCH];
     uint8_t cmsg[MPT_BATCH][MPT_PKTINFO_SPACE];
     struct mpt_path_counters *counters;
-    uint32_t overhead;             /* counted per packet sent (mpt_path) */
+    uint32_t overhead;             /* counted per packet sent (the path's, in its scheduler) */
     int fd;
     unsigned n;
 };
@@ -127,11 +126,10 @@ int mpt_peer_by_session(struct mpt_dp *dp, uint16_t local_index);
  * returns the datagram length, or 0 if it cannot be sealed. */
 uint32_t mpt_peer_seal(struct mpt_peer *p, uint8_t *buf, uint32_t len, uint8_t type, int idx,
                        uint16_t bucket, uint16_t flow_seq, unsigned run);
-/* The outer UDP + IP header bytes of a datagram to or from addr (28 for
- * IPv4, v4-mapped included; 48 for IPv6). */
-uint32_t mpt_outer_overhead(const struct sockaddr_storage *addr, socklen_t len);
 /* Path idx of pe now sends to addr (len <= MPT_SOCKADDR_MAX); its rate
- * counts that address's header bytes (mpt_sched_set_overhead). */
+ * and byte counters count that address's outer UDP + IP header bytes (28
+ * for IPv4, v4-mapped included; 48 for IPv6), kept in pe->sched
+ * (mpt_sched_set_overhead). */
 void mpt_path_set_peer(struct mpt_peer *pe, int idx, const void *addr, socklen_t len);
 /* send.c: read a batch from the TUN device and send it on the paths;
  * retry what waits for a paced path. */

@@ -107,7 +107,7 @@ uint32_t mpt_peer_seal(struct mpt_peer *p, uint8_t *buf, uint32_t len, uint8_t t
     return MPT_HDR_LEN + len + (mpt_aead_cipher(a) == MPT_CIPHER_NONE ? 0 : MPT_TAG_LEN);
 }
 
-uint32_t mpt_outer_overhead(const struct sockaddr_storage *addr, socklen_t len)
+static uint32_t outer_overhead(const struct sockaddr_storage *addr, socklen_t len)
 {
     const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)addr;
     if (len >= sizeof(*a6) && addr->ss_family == AF_INET6 &&
@@ -121,6 +121,5 @@ void mpt_path_set_peer(struct mpt_peer *pe, int idx, const void *addr, socklen_t
     struct mpt_path *p = &pe->paths[idx];
     memcpy(&p->peer, addr, len);
     p->peerlen = len;
-    p->overhead = mpt_outer_overhead(&p->peer, len);
-    mpt_sched_set_overhead(&pe->sched, idx, p->overhead);
+    mpt_sched_set_overhead(&pe->sched, idx, outer_overhead(&p->peer, len));
 }

@@ -224,7 +224,7 @@ static void receive_one(struct mpt_dp *dp, int fd, unsigned i, int64_t now)
     if (dp->server)
         learn(dp, pe, idx, fd, i);
     pe->counters.path[idx].rx_packets++;
-    pe->counters.path[idx].rx_bytes += len + mpt_outer_overhead(&dp->rx_from[i], dp->rx_msgs[i].msg_hdr.msg_namelen);
+    pe->counters.path[idx].rx_bytes += len + pe->sched.path[idx].overhead;
     mpt_reorder_input(pe->reorder, h.seq, h.bucket, h.flow_seq, idx, h.run, pkt + MPT_HDR_LEN,
                       (uint32_t)n, now);
 }

@@ -63,7 +63,7 @@ static void queue_packet(struct mpt_dp *dp, int peer, int idx, uint8_t *pkt, uin
     q->n++;
     q->fd = p->fd;
     q->counters = &pe->counters.path[idx];
-    q->overhead = p->overhead;
+    q->overhead = pe->sched.path[idx].overhead;
     memcpy(&q->to[i], &p->peer, p->peerlen);
     q->iov[i].iov_base = pkt;
     q->iov[i].iov_len = n;

@@ -63,6 +63,8 @@ struct mpt_counters {
     uint64_t drop_ctrl_queue;    /* Python did not keep up with control packets */
     uint64_t drop_handshake_rate; /* handshake packets over the rate limit */
     uint64_t handshake_rx;       /* handshake packets passed to Python */
+    uint64_t handshake_cookies_sent;  /* cookie replies to inits over the rate limit */
+    uint64_t handshake_cookies_valid; /* inits that came back with a valid cookie */
     uint64_t reorder_held;
     uint64_t reorder_skipped;    /* sequence numbers given up as lost */
     uint64_t reorder_timeouts;

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include "mpt_aead.h"
+#include "mpt_cookie.h"
 #include "mpt_datapath.h"
 #include "mpt_fq.h"
 #include "mpt_pktinfo.h"
@@ -75,13 +76,19 @@ struct mpt_backlog {
     } slot[MPT_FQ_SLOTS];
 };
 
-/* Handshake packets reach Python at a bounded rate, per source and in all. */
+/* Handshake packets reach Python at a bounded rate, per source and in all;
+ * inits with a valid cookie (mpt_cookie.h) have limits of their own, which
+ * forged source addresses cannot use up. */
 #define MPT_HS_SOURCES 256
+struct mpt_token_bucket {
+    double tokens;
+    int64_t last_ns;
+};
 struct mpt_hs_limit {
-    double tokens_all;
-    int64_t last_all;
-    double tokens[MPT_HS_SOURCES];
-    int64_t last[MPT_HS_SOURCES];
+    struct mpt_token_bucket all, source[MPT_HS_SOURCES];
+    struct mpt_token_bucket cookie_all, cookie_source[MPT_HS_SOURCES];
+    struct mpt_token_bucket replies;        /* cookie replies sent */
+    struct mpt_cookie_jar jar;
 };
 
 struct mpt_dp {

@@ -29,6 +29,8 @@
 #define HS_BURST_ALL 100.0
 #define HS_RATE_SOURCE 10.0     /* ... and per source address */
 #define HS_BURST_SOURCE 10.0
+#define HS_REPLY_RATE 20000.0   /* cookie replies per second, all sources */
+#define HS_REPLY_BURST 2000.0
 
 void mpt_deliver_to_tun(void *ctx, const uint8_t *data, uint32_t len)
 {
@@ -62,34 +64,79 @@ static void to_python(struct mpt_dp *dp, int fd, int peer, unsigned i, const uin
         (peer >= 0 ? &dp->peers[peer].counters : &dp->counters)->drop_ctrl_queue++;
 }
 
-static int take_token(double *tokens, int64_t *last, double rate, double burst, int64_t now)
+static int take_token(struct mpt_token_bucket *b, double rate, double burst, int64_t now)
 {
-    *tokens += (double)(now - *last) * 1e-9 * rate;
-    if (*tokens > burst)
-        *tokens = burst;
-    *last = now;
-    if (*tokens < 1.0)
+    b->tokens += (double)(now - b->last_ns) * 1e-9 * rate;
+    if (b->tokens > burst)
+        b->tokens = burst;
+    b->last_ns = now;
+    if (b->tokens < 1.0)
         return 0;
-    *tokens -= 1.0;
+    b->tokens -= 1.0;
     return 1;
 }
 
-/* Handshakes cost the Python side a MAC per configured peer: a flood of
- * them must not starve it, and one source must not starve the others. */
-static int handshake_allowed(struct mpt_dp *dp, unsigned i, int64_t now)
+/* The per-source bucket of a datagram's address (the port left out). */
+static unsigned source_slot(const uint8_t *a, socklen_t n)
 {
-    struct mpt_hs_limit *l = &dp->hs_limit;
-    const uint8_t *a = (const uint8_t *)&dp->rx_from[i];
-    socklen_t n = dp->rx_msgs[i].msg_hdr.msg_namelen;
-    uint32_t h = 2166136261u, k;
-    /* FNV-1a over the address without the port (bytes 4.. of sockaddr_in,
-     * 8.. of sockaddr_in6) */
+    uint32_t h = 2166136261u;
+    /* FNV-1a over bytes 4.. of sockaddr_in, 8.. of sockaddr_in6 */
     for (socklen_t j = (n > 16 ? 8 : 4); j < n && j < 24; j++)
         h = (h ^ a[j]) * 16777619u;
-    k = h % MPT_HS_SOURCES;
-    if (!take_token(&l->tokens[k], &l->last[k], HS_RATE_SOURCE, HS_BURST_SOURCE, now))
-        return 0;
-    return take_token(&l->tokens_all, &l->last_all, HS_RATE_ALL, HS_BURST_ALL, now);
+    return h % MPT_HS_SOURCES;
+}
+
+/* Answer an init we have no room for with the cookie of its source, from
+ * the address it was sent to, never blocking: a smaller datagram than the
+ * init, at a bounded rate, so forged sources gain no amplifier. */
+static void send_cookie(struct mpt_dp *dp, int fd, unsigned i, const struct mpt_hdr *in,
+                        const uint8_t *pkt, size_t len, int64_t now)
+{
+    struct mpt_hs_limit *l = &dp->hs_limit;
+    uint8_t out[MPT_HDR_LEN + MPT_HS_COOKIE_REPLY_LEN], cmsg[MPT_PKTINFO_SPACE];
+    struct mpt_hdr h = {.version = MPT_VERSION, .type = MPT_TYPE_HANDSHAKE, .path = in->path};
+    struct iovec iov = {.iov_base = out, .iov_len = sizeof(out)};
+    struct msghdr m = {.msg_name = &dp->rx_from[i],
+                       .msg_namelen = dp->rx_msgs[i].msg_hdr.msg_namelen,
+                       .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cmsg};
+    if (!take_token(&l->replies, HS_REPLY_RATE, HS_REPLY_BURST, now))
+        return;
+    mpt_hdr_write(out, &h);
+    if (mpt_cookie_reply(&l->jar, m.msg_name, m.msg_namelen, now, pkt + MPT_HDR_LEN,
+                         len - MPT_HDR_LEN, out + MPT_HDR_LEN) < 0)
+        return;
+    m.msg_controllen = mpt_pktinfo_build(&dp->rx_local[i], cmsg, sizeof(cmsg));
+    if (m.msg_controllen == 0)
+        m.msg_control = NULL;
+    if (sendmsg(fd, &m, MSG_DONTWAIT) == (ssize_t)sizeof(out))
+        dp->counters.handshake_cookies_sent++;
+}
+
+/* Handshakes cost the Python side a MAC per configured peer: a flood of
+ * them must not starve it, and one source must not starve the others.
+ * The server lets an init with a valid cookie in under limits of its own;
+ * one without, when there is no room, gets a cookie to come back with. */
+static int handshake_admitted(struct mpt_dp *dp, int fd, unsigned i, const struct mpt_hdr *h,
+                              const uint8_t *pkt, size_t len, int64_t now)
+{
+    struct mpt_hs_limit *l = &dp->hs_limit;
+    const void *from = &dp->rx_from[i];
+    socklen_t fromlen = dp->rx_msgs[i].msg_hdr.msg_namelen;
+    unsigned k = source_slot(from, fromlen);
+    int kind = dp->server ? mpt_hs_init_kind(pkt + MPT_HDR_LEN, len - MPT_HDR_LEN)
+                          : MPT_HS_NOT_INIT;
+    if (kind == MPT_HS_INIT_COOKIE
+        && mpt_cookie_check(&l->jar, from, fromlen, now, pkt + len - MPT_COOKIE_LEN)) {
+        dp->counters.handshake_cookies_valid++;
+        return take_token(&l->cookie_source[k], HS_RATE_SOURCE, HS_BURST_SOURCE, now)
+            && take_token(&l->cookie_all, HS_RATE_ALL, HS_BURST_ALL, now);
+    }
+    if (take_token(&l->source[k], HS_RATE_SOURCE, HS_BURST_SOURCE, now)
+        && take_token(&l->all, HS_RATE_ALL, HS_BURST_ALL, now))
+        return 1;
+    if (kind != MPT_HS_NOT_INIT)
+        send_cookie(dp, fd, i, h, pkt, len, now);
+    return 0;
 }
 
 /* Which path a datagram of peer `pe` belongs to: the client knows it by
@@ -182,7 +229,7 @@ static void receive_one(struct mpt_dp *dp, int fd, unsigned i, int64_t now)
         return;
     }
     if (h.type == MPT_TYPE_HANDSHAKE) {
-        if (!handshake_allowed(dp, i, now)) {
+        if (!handshake_admitted(dp, fd, i, &h, pkt, len, now)) {
             dp->counters.drop_handshake_rate++;
             return;
         }

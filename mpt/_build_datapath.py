@@ -13,13 +13,13 @@ from cffi import FFI
 HERE = pathlib.Path(__file__).resolve().parent
 CSRC = HERE.parent / "csrc"
 SOURCES = ["mpt_sched.c", "mpt_fq.c", "mpt_flow.c", "mpt_reorder.c", "mpt_aead.c", "mpt_replay.c",
-           "mpt_pktinfo.c", "mpt_peer.c", "mpt_send.c", "mpt_receive.c", "mpt_datapath.c"]
+           "mpt_cookie.c", "mpt_pktinfo.c", "mpt_peer.c", "mpt_send.c", "mpt_receive.c", "mpt_datapath.c"]
 
 # The declarations Python sees are the headers' own, read at build time, so
 # they cannot drift from the C: header guards and includes are dropped
 # (cffi's cdef takes no preprocessor beyond integer #defines).
 CDEF_HEADERS = ["mpt_sched.h", "mpt_fq.h", "mpt_flow.h", "mpt_reorder.h", "mpt_aead.h", "mpt_replay.h",
-                "mpt_datapath.h"]
+                "mpt_cookie.h", "mpt_datapath.h"]
 _SKIP = re.compile(r"^\s*#\s*(ifndef|endif|include|define\s+\w+_H\s*$)")
 
 

@@ -98,6 +98,8 @@ class Path:
     reply_from: tuple[int, bytes] = (0, b"")   # server: our address the client sends to
     endpoint_generation: int = 0               # client: MPTCP endpoint id rotation
     endpoint_source: str | None = None         # client: the address of its endpoint now
+    cookie: bytes = b""                        # client: the server's handshake cookie for
+    cookie_at: float = -math.inf               # this path's address, and when it came
     peer_tx: int = 0                           # the other side's counters for this path
     peer_rx: int = 0
     tx_bytes: int = 0                          # our counters for it, at the last tick
@@ -172,6 +174,7 @@ class Daemon:
         self.started = time.monotonic()
         self.bad_control = 0
         self.bad_handshakes = 0
+        self.cookies_received = 0
         self.bad_handshakes_logged = 0
         self.last_handshake_log = -math.inf
         self.stopping: asyncio.Event | None = None
@@ -332,6 +335,7 @@ class Daemon:
             return False
         _tune(s)
         old, p.sock, p.last_error = p.sock, s, None
+        p.cookie = b""        # it was for the old socket's address
         self.dp.set_path(0, p.index, s.fileno(), p.peer, p.weight, False)
         if old is not None:
             self.dp.sync()
@@ -456,17 +460,21 @@ class Daemon:
             peer.init_sent = now
             for p in peer.paths.values():
                 if p.health.link_ok:
-                    self._send_handshake(p, peer.initiator.init_message())
+                    cookie = p.cookie if now - p.cookie_at < handshake.COOKIE_USE_S else b""
+                    self._send_handshake(p, peer.initiator.init_message() + cookie)
 
     def _on_handshake(self, fd: int, pkt: bytes, src, reply_to, raw_addr, local) -> None:
         body = pkt[wire.HDR_LEN:]
         try:
             kind = handshake.message_kind(body)
             if self.server and kind == "init":
-                self._server_handshake(body, src, reply_to, raw_addr, local,
+                init, _ = handshake.split_init(body)   # the datapath checked the cookie
+                self._server_handshake(init, src, reply_to, raw_addr, local,
                                        wire.parse_header(pkt)[2])
             elif not self.server and kind == "response":
                 self._client_handshake(fd, body)
+            elif not self.server and kind == "cookie":
+                self._client_cookie(fd, body)
             else:
                 raise handshake.HandshakeError(f"unexpected handshake {kind}")
         except handshake.HandshakeError as e:
@@ -505,6 +513,24 @@ class Daemon:
         for p in peer.paths.values():   # the server learns our paths from probes
             if p.health.link_ok:
                 self._probe(p, now)
+
+    def _client_cookie(self, fd: int, body: bytes) -> None:
+        """The server is under load and wants our inits on this path to
+        prove that we receive at its address (handshake.py: cookies)."""
+        peer = self.peers[0]
+        if peer.initiator is None:
+            return
+        cookie = peer.initiator.receive_cookie(body)
+        p = next((q for q in peer.paths.values()
+                  if q.sock is not None and q.sock.fileno() == fd), None)
+        if p is None:
+            return
+        now = time.monotonic()
+        if now - p.cookie_at >= handshake.COOKIE_USE_S:
+            log.info("path %s: the server is refusing handshakes under load; "
+                     "retrying with its cookie", p.name)
+        p.cookie, p.cookie_at = cookie, now
+        self.cookies_received += 1
 
     def _server_handshake(self, body: bytes, src, reply_to, raw_addr, local, idx: int) -> None:
         live = False
@@ -895,6 +921,7 @@ class Daemon:
                           "counters": {k: v for k, v in c.items() if k != "path"}})
         glob["drop_bad_control"] = self.bad_control
         glob["handshakes_refused"] = self.bad_handshakes
+        glob["handshake_cookies_received"] = self.cookies_received
         return {"tunnel": self.cfg.name, "role": self.cfg.role,
                 "cipher": handshake.CIPHER_NAMES[self.cipher],
                 "session": self.peers[0].local_index if not self.server else None,

@@ -36,6 +36,21 @@ What it guarantees:
   current one is live, and sends with the keys of a rekey only once the client
   does).
 
+Under load, return routability (csrc/mpt_cookie.h): when forged inits use
+up the server's handshake rate limit, the server's datapath answers an init it
+has no room for with a cookie reply (a third message, unauthenticated:
+
+    cookie    server -> client   magic "MPTH" · version · kind 3 · the init's nonce ·
+                                 cookie (16)
+
+a keyed hash of the init's source address and port).  The initiator takes it
+only if it echoes the nonce of its current init, and appends the cookie to
+the inits it sends on that path from then on (for COOKIE_USE_S); the server
+lets such inits in under limits of their own.  The cookie is outside the init's
+MAC and the transcript: the responder strips it first (split_init).  A forged
+cookie reply can at worst make the initiator send a cookie that does not
+verify, which the server treats as no cookie.
+
 Not bound: the packet header.  The initiator resends the same init (every
 HANDSHAKE_RETRY_S) on whichever path works, under headers that differ, and
 the answer must not depend on that.  Nothing trusted is taken from a
@@ -62,11 +77,15 @@ REKEY_AFTER_PACKETS = 1 << 30    # the initiator rekeys after this many packets 
 HANDSHAKE_RETRY_S = 0.25         # the initiator resends an unanswered init this often
 
 REPLAY_CACHE = 4096              # init nonces the responder remembers
+COOKIE_USE_S = 100.0             # a cookie is appended this long (the server keeps a
+                                 # cookie valid for >= 120 s: csrc/mpt_cookie.h)
 
 MAGIC = b"MPTH"
 VERSION = 1
-KIND_INIT, KIND_RESPONSE = 1, 2
+KIND_INIT, KIND_RESPONSE, KIND_COOKIE = 1, 2, 3
 MAC_LEN = 16
+COOKIE_LEN = 16
+NONCE_LEN = 16
 KEY_LEN = 32
 
 _PSK_INFO = b"mpt handshake v1 psk"
@@ -92,8 +111,16 @@ _RESPONSE = Struct(
     "nonce" / Bytes(16),
     "ephemeral" / Bytes(32),
 )
+_COOKIE_REPLY = Struct(
+    "magic" / Const(MAGIC),
+    "version" / Const(VERSION, Int8ub),
+    "kind" / Const(KIND_COOKIE, Int8ub),
+    "nonce" / Bytes(NONCE_LEN),          # the init's, echoed
+    "cookie" / Bytes(COOKIE_LEN),
+)
 INIT_LEN = _INIT.sizeof() + MAC_LEN
 RESPONSE_LEN = _RESPONSE.sizeof() + MAC_LEN
+COOKIE_REPLY_LEN = _COOKIE_REPLY.sizeof()
 
 
 class HandshakeError(ValueError):
@@ -110,14 +137,26 @@ class SessionKeys:
 
 
 def message_kind(body: bytes) -> str:
-    """The kind of a handshake body, "init" or "response", from its magic,
-    version, kind and length (nothing is verified); HandshakeError if neither."""
+    """The kind of a handshake body, "init" (with or without a cookie),
+    "response" or "cookie", from its magic, version, kind and length (nothing
+    is verified); HandshakeError if none."""
     head = bytes(body[:len(MAGIC) + 2])
-    if head == MAGIC + bytes([VERSION, KIND_INIT]) and len(body) == INIT_LEN:
+    if head == MAGIC + bytes([VERSION, KIND_INIT]) and len(body) in (INIT_LEN,
+                                                                     INIT_LEN + COOKIE_LEN):
         return "init"
     if head == MAGIC + bytes([VERSION, KIND_RESPONSE]) and len(body) == RESPONSE_LEN:
         return "response"
+    if head == MAGIC + bytes([VERSION, KIND_COOKIE]) and len(body) == COOKIE_REPLY_LEN:
+        return "cookie"
     raise HandshakeError(f"not an mpt handshake message ({len(body)} bytes)")
+
+
+def split_init(body: bytes) -> tuple[bytes, bytes | None]:
+    """(the init itself, the cookie it carries or None) of an init body."""
+    body = bytes(body)
+    if len(body) == INIT_LEN + COOKIE_LEN:
+        return body[:INIT_LEN], body[INIT_LEN:]
+    return body, None
 
 
 def _parse(layout: Struct, body: bytes, what: str):
@@ -214,6 +253,18 @@ class Initiator:
     def init_message(self) -> bytes:
         """The init body: the same bytes until restart(), so resending it is safe."""
         return self._init
+
+    def receive_cookie(self, body: bytes) -> bytes:
+        """The cookie of a cookie reply to our current init."""
+        if len(body) != COOKIE_REPLY_LEN:
+            raise HandshakeError(f"handshake cookie: wrong length ({len(body)} bytes)")
+        try:
+            msg = _COOKIE_REPLY.parse(bytes(body))
+        except ConstructError:
+            raise HandshakeError("handshake cookie: not an mpt cookie reply") from None
+        if not hmac.compare_digest(msg.nonce, _INIT.parse(self._init[:-MAC_LEN]).nonce):
+            raise HandshakeError("handshake cookie: does not answer our current init")
+        return msg.cookie
 
     def receive_response(self, body: bytes) -> SessionKeys:
         """The keys, once the response to our current init verifies.  A

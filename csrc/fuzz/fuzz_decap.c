@@ -58,7 +58,8 @@
 #define SERVER 0
 #define CLIENT 1
 #define NPEERS_SERVER 5
-#define FD_A 100   /* path sockets: only compared, never read or written */
+#define FD_A 100   /* path sockets: only compared, never read; /dev/null, so a
+                    * cookie reply (sendmsg) fails with ENOTSOCK */
 #define FD_B 101
 #define T0_NS ((int64_t)1000 * 1000000000)
 
@@ -197,6 +198,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     S.devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
     CHECK(S.devnull >= 0);
+    CHECK(dup2(S.devnull, FD_A) == FD_A && dup2(S.devnull, FD_B) == FD_B);
     set_addr(0, 4, ip_a, 4000);
     set_addr(1, 6, ip_b, 4001);
     set_addr(2, 4, ip_a, 4999);   /* the same host behind a rebinding NAT */

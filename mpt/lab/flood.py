@@ -10,8 +10,8 @@ inside a lab namespace; each command prints one JSON line as its result.
     is bound; stops after N datagrams or S seconds.  The tap sees a datagram
     as the device transmits it, so by the time it is written to FILE the
     original has been handed to the next hop.
-``send --to HOST:PORT --count N [--mix garbage=1,truncated=1,header=1,badtag=1,replay=1]
-        [--capture FILE] [--session S] [--inner-dst ADDR:PORT] [--rate PPS]
+``send --to HOST:PORT --count N [--mix garbage=1,truncated=1,header=1,badtag=1,replay=1,init=1]
+        [--spoof ADDRS] [--capture FILE] [--session S] [--inner-dst ADDR:PORT] [--rate PPS]
         [--max-queue BYTES] [--seed S]``
     Sends exactly N datagrams (counted: the sum of what sendmmsg accepted)
     from a pool of distinct forged datagrams in the given proportions:
@@ -25,6 +25,9 @@ inside a lab namespace; each command prints one JSON line as its result.
     badtag     the real session and key phase, a fresh sequence, and a
                payload that would be a valid inner packet if it were accepted
     replay     captured datagrams byte for byte (data and control only)
+    init       handshake inits with a random nonce, key and MAC (the server's
+               datapath cannot tell them from real ones: it answers a cookie
+               when over its handshake limit, Python refuses them)
 
     The real session, key phase and a sequence number beyond anything the
     peer sent are read from the capture (``--session`` overrides the session).
@@ -33,6 +36,10 @@ inside a lab namespace; each command prints one JSON line as its result.
     would show up there.  The pool holds at most ``--pool`` datagrams and is
     sent round after round until N are out; with ``--mix replay=1`` and N
     equal to the capture's size every captured datagram goes exactly once.
+
+    ``--spoof A[,B...]`` sends them from forged source addresses, IPv4
+    addresses or prefixes, one at random per datagram, with random source
+    ports (a raw socket: root, IPv4 only).
 
     ``--rate`` caps the datagrams per second.  ``--max-queue`` (when run in
     the receiver's namespace) pauses while the receiving socket on PORT holds
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import ipaddress
 import json
 import os
 import random
@@ -66,7 +74,9 @@ from mpt.sockopt import big_buffers
 __all__ = ["CATEGORIES", "FORGED_SEQ_BASE", "build_pool", "ipv4_udp", "load_capture",
            "save_capture", "udp_socket_state", "parse_mix", "start_capture", "run_send"]
 
-CATEGORIES = ("garbage", "truncated", "header", "badtag", "replay")
+CATEGORIES = ("garbage", "truncated", "header", "badtag", "replay", "init")
+HS_INIT_HEAD = b"MPTH\x01\x01"      # as mpt/handshake.py: magic, version, kind init
+HS_INIT_LEN = 73
 FORGED_SEQ_BASE = 1 << 40          # stream sequence numbers of forged inner packets
 MPT_VERSION = 2
 MPT_HDR = struct.Struct("!BBHHHQ")  # as mpt/wire.py: ver/type, phase/path, session, ...
@@ -250,8 +260,12 @@ def build_pool(n: int, mix: dict[str, float], rng: random.Random,
         replay_pos[0] += 1
         return d
 
+    def init() -> bytes:
+        return MPT_HDR.pack((MPT_VERSION << 4) | 2, rng.randrange(16), 0, 0, 0, 0) + \
+            HS_INIT_HEAD + rng.randbytes(HS_INIT_LEN - len(HS_INIT_HEAD))
+
     makers = {"garbage": garbage, "truncated": truncated, "header": forged_header,
-              "badtag": badtag, "replay": replay}
+              "badtag": badtag, "replay": replay, "init": init}
     total = sum(mix.values())
     cats: list[str] = []
     for name in CATEGORIES:
@@ -309,14 +323,29 @@ def udp_socket_state(port: int) -> dict | None:
     return found
 
 
+def spoofed(pool: Sequence[bytes], sources: Sequence[str], to: tuple[str, int],
+            rng: random.Random) -> list[bytes]:
+    """Each datagram as a whole IPv4/UDP packet to `to` from a random one of
+    `sources` (addresses or prefixes) and a random port."""
+    nets = [ipaddress.IPv4Network(a, strict=False) for a in sources]
+    out = []
+    for d in pool:
+        net = rng.choice(nets)
+        src = str(net[rng.randrange(net.num_addresses)])
+        out.append(ipv4_udp(src, to[0], rng.randrange(1024, 65536), to[1], d))
+    return out
+
+
 class Sender:
-    """sendmmsg of a fixed pool of datagrams to one address, in batches."""
+    """sendmmsg of a fixed pool of datagrams to one address, in batches
+    (raw: the pool holds whole IPv4 packets, sent on a raw socket)."""
 
     BATCH = 64
 
-    def __init__(self, pool: Sequence[bytes], to: tuple[str, int]):
+    def __init__(self, pool: Sequence[bytes], to: tuple[str, int], raw: bool = False):
         family, addr = _sockaddr(*to)
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock = (socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) if raw
+                     else socket.socket(family, socket.SOCK_DGRAM))
         big_buffers(self.sock, 8 << 20)
         self._addr = ctypes.create_string_buffer(addr, len(addr))
         self._data = ctypes.create_string_buffer(b"".join(pool) or b"\0")
@@ -355,6 +384,9 @@ def flood(sender: Sender, count: int, rate: float = 0.0, max_queue: int = 0,
     """Send `count` datagrams from the sender's pool, round after round."""
     sent = pos = 0
     paused = 0.0
+    # with a rate, batches of 0.5 ms worth: an even stream, not bursts with
+    # gaps in which a rate limiter's token would go to whoever comes first
+    batch = max(1, min(Sender.BATCH, int(rate * 0.0005))) if rate else Sender.BATCH
     t0 = time.monotonic()
     next_check = 0
     while sent < count:
@@ -369,7 +401,7 @@ def flood(sender: Sender, count: int, rate: float = 0.0, max_queue: int = 0,
             while (st := udp_socket_state(port)) is not None and st["rx_queue"] > max_queue:
                 time.sleep(0.0005)   # back-pressure: the receiver is behind
             paused += time.monotonic() - t
-        n = min(Sender.BATCH, count - sent, sender.n - pos)
+        n = min(batch, count - sent, sender.n - pos)
         done = sender.send(pos, n)
         if done == 0 and sender.errors > 1000:
             raise OSError(ctypes.get_errno(), f"sendmmsg keeps failing: "
@@ -389,7 +421,10 @@ def cmd_send(a: argparse.Namespace) -> int:
     mix = parse_mix(a.mix)
     pool, cats = build_pool(min(a.pool, a.count), mix, random.Random(a.seed), capture,
                             a.session, (ihost, int(iport)), a.inner_src)
-    sender = Sender(pool, (host, port))
+    wire_pool = pool
+    if a.spoof:
+        wire_pool = spoofed(pool, a.spoof.split(","), (host, port), random.Random(a.seed + 1))
+    sender = Sender(wire_pool, (host, port), raw=bool(a.spoof))
     before = udp_socket_state(port)
     res = flood(sender, a.count, a.rate, a.max_queue, port)
     after = udp_socket_state(port)
@@ -427,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inner-dst", default="198.18.200.2:9")
     p.add_argument("--inner-src", default="198.18.100.2")
     p.add_argument("--rate", type=float, default=0.0, help="datagrams per second (0: no cap)")
+    p.add_argument("--spoof", help="forged IPv4 source addresses or prefixes, comma-separated")
     p.add_argument("--max-queue", type=int, default=0,
                    help="pause while the receiving socket holds more bytes than this")
     p.add_argument("--pool", type=int, default=65536, help="distinct datagrams at most")

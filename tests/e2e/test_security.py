@@ -469,6 +469,50 @@ def test_a_million_forged_datagrams_change_nothing(tunnel, tmp_path):
     print(f"RSS {rss_before} kB, +{grown} kB; server log: {new_lines}")
 
 
+# --------------------------------------------------------- forged handshakes
+SPOOF_RATE = 5000     # inits/s from the client's own addresses: 250 x the per-source limit
+
+
+def test_forged_inits_from_the_clients_addresses_do_not_lock_it_out(tunnel):
+    """A forger who knows the client's WAN addresses sends inits from them
+    (raw socket, random ports) far over the per-source limit, so almost none
+    of the client's own would get through.  A restarted client still gets
+    its session: its inits are refused and answered with a cookie for its
+    address and port, and come back with it under the cookie's own limit."""
+    t = tunnel()
+    lab = t.lab
+    sources = ",".join(lab.wan_addr(k) for k in range(1, lab.paths + 1))
+    before = counters(t.server)
+    attacker = flood.FloodProcess(lab, lab.rtrB, [
+        "send", "--to", f"{lab.server_addr()}:{TUNNEL_PORT}", "--mix", "init",
+        "--spoof", sources, "--rate", str(SPOOF_RATE), "--count", str(60 * SPOOF_RATE)])
+    try:
+        wait_for(lambda: counters(t.server)["drop_handshake_rate"]
+                 - before["drop_handshake_rate"] > SPOOF_RATE, 10, "the flood to be refused")
+        t.client = new = restart(t.client, lab)
+        t0 = time.monotonic()
+        wait_for(lambda: mptctl_available(new), 15, "the new client's control socket")
+        wait_for(lambda: paths_up(new) == paths_up(t.server) == lab.paths, 5,
+                 "the restarted client's session under the flood")
+        took = time.monotonic() - t0
+        assert attacker.proc.poll() is None, "the flood ended before the session was up"
+        client, server = counters(new), counters(t.server)
+    finally:
+        attacker.stop()
+    print(f"session {took:.2f} s after the restart; client: "
+          f"{client['handshake_cookies_received']} cookies; server: "
+          f"{server['handshake_cookies_sent'] - before['handshake_cookies_sent']} sent, "
+          f"{server['handshake_cookies_valid'] - before['handshake_cookies_valid']} valid, "
+          f"{server['drop_handshake_rate'] - before['drop_handshake_rate']} refused")
+    assert client["handshake_cookies_received"] >= 1
+    assert server["handshake_cookies_sent"] - before["handshake_cookies_sent"] > SPOOF_RATE
+    assert server["sessions"] == before["sessions"] + 1
+    rx, tx = stream(lab, lab.lanA, lab.lanB, lab.lan_b_addr(), 5300, rate_mbit=2, size=500,
+                    duration=1)
+    sent, got = finish(rx, tx)
+    assert_complete(sent, got, "after the new session")
+
+
 # ------------------------------------------------------------ control socket
 def test_control_sockets_are_0600_and_owned_by_root(tunnel):
     t = tunnel()

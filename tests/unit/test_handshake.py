@@ -8,7 +8,7 @@ import pytest
 from mpt import handshake as hs
 from mpt.cipher import NAMES
 from mpt.handshake import (CipherMismatch, HandshakeError, Initiator, Responder, SessionKeys,
-                           message_kind)
+                           message_kind, split_init)
 
 PSK = bytes(range(32))
 OTHER = bytes(range(1, 33))
@@ -138,15 +138,20 @@ def test_garbage_of_every_length_raises_handshake_error_only():
     rng = random.Random(1)
     resp, ini = Responder({"a": PSK}, AES), Initiator(PSK, 7, AES)
     for n in range(201):
-        shaped = {n == hs.INIT_LEN: "init", n == hs.RESPONSE_LEN: "response"}.get(True)
+        shaped = {n == hs.INIT_LEN: "init", n == hs.INIT_LEN + hs.COOKIE_LEN: "init",
+                  n == hs.RESPONSE_LEN: "response", n == hs.COOKIE_REPLY_LEN: "cookie"}.get(True)
+        kind_byte = {"init": 1, "response": 2, "cookie": 3}.get(shaped)
         for body in (bytes(n), b"\xff" * n, rng.randbytes(n),
                      (b"MPTH\x01\x01" + rng.randbytes(n))[:n],
-                     (b"MPTH\x01\x02" + rng.randbytes(n))[:n]):
+                     (b"MPTH\x01\x02" + rng.randbytes(n))[:n],
+                     (b"MPTH\x01\x03" + rng.randbytes(n))[:n]):
             with pytest.raises(HandshakeError):
                 resp.receive_init(body, 1)
             with pytest.raises(HandshakeError):
                 ini.receive_response(body)
-            if shaped and body[:6] == b"MPTH\x01" + bytes([1 if shaped == "init" else 2]):
+            with pytest.raises(HandshakeError):      # no nonce of ours: random bytes
+                ini.receive_cookie(body)
+            if shaped and body[:6] == b"MPTH\x01" + bytes([kind_byte]):
                 assert message_kind(body) == shaped      # kind only; the MAC is checked later
             else:
                 with pytest.raises(HandshakeError):
@@ -160,6 +165,47 @@ def test_a_response_is_not_taken_as_an_init_nor_the_reverse():
         Responder({"a": PSK}, AES).receive_init(response, 1)
     with pytest.raises(HandshakeError):
         ini.receive_response(ini.init_message())
+
+
+def cookie_reply(init: bytes, cookie: bytes) -> bytes:
+    """What the server's datapath sends (csrc/mpt_cookie.c)."""
+    return b"MPTH\x01\x03" + init[9:25] + cookie
+
+
+def test_cookie_reply_to_the_current_init_gives_its_cookie():
+    ini = Initiator(PSK, 7, AES)
+    cookie = os.urandom(hs.COOKIE_LEN)
+    reply = cookie_reply(ini.init_message(), cookie)
+    assert len(reply) == hs.COOKIE_REPLY_LEN and message_kind(reply) == "cookie"
+    assert ini.receive_cookie(reply) == cookie
+
+
+def test_cookie_reply_to_another_init_or_malformed_is_refused():
+    ini = Initiator(PSK, 7, AES)
+    old = ini.init_message()
+    ini.restart()                                   # a new nonce
+    with pytest.raises(HandshakeError, match="does not answer our current init"):
+        ini.receive_cookie(cookie_reply(old, bytes(16)))
+    good = cookie_reply(ini.init_message(), bytes(16))
+    for bad in (good[:-1], good + b"\0", b"MPTH\x01\x01" + good[6:], b"MPTX" + good[4:]):
+        with pytest.raises(HandshakeError):
+            ini.receive_cookie(bad)
+
+
+def test_an_init_carrying_a_cookie_completes_the_same_handshake():
+    """The cookie is outside the init's MAC and the transcript: stripped,
+    the init verifies and both sides derive the same keys."""
+    ini = Initiator(PSK, 7, AES)
+    cookie = os.urandom(hs.COOKIE_LEN)
+    sent = ini.init_message() + cookie
+    assert message_kind(sent) == "init"
+    init, got = split_init(sent)
+    assert (init, got) == (ini.init_message(), cookie)
+    assert split_init(ini.init_message()) == (ini.init_message(), None)
+    response, skeys = Responder({"a": PSK}, AES).receive_init(init, 9)
+    assert_mirrored(ini.receive_response(response), skeys)
+    with pytest.raises(HandshakeError):             # unstripped, it is not an init
+        Responder({"a": PSK}, AES).receive_init(sent, 9)
 
 
 def test_cipher_mismatch_is_reported_on_both_sides():

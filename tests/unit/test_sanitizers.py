@@ -9,7 +9,8 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 C_TESTS = ["tests/unit/test_reorder.py", "tests/unit/test_flow.py", "tests/unit/test_scheduler.py",
-           "tests/unit/test_aead.py", "tests/unit/test_replay.py", "tests/unit/test_datapath.py"]
+           "tests/unit/test_aead.py", "tests/unit/test_replay.py", "tests/unit/test_datapath.py",
+           "tests/unit/test_fq.py", "tests/unit/test_cookie.py"]
 
 # Loaded before pytest: puts the instrumented module in place of mpt._datapath.
 BOOT = """

@@ -94,27 +94,60 @@ static size_t canonical(const void *addr, uint32_t addrlen, uint8_t buf[19])
     return 0;
 }
 
-static void draw(uint8_t secret[16])
+static int draw(uint8_t secret[16], unsigned flags)
 {
-    /* getrandom on 16 bytes does not fail once the pool is initialised,
-     * which it is long before a daemon runs; keep the old secret if it does */
     uint8_t fresh[16];
-    if (getrandom(fresh, sizeof(fresh), 0) == (ssize_t)sizeof(fresh))
-        memcpy(secret, fresh, sizeof(fresh));
+    if (getrandom(fresh, sizeof(fresh), flags) != (ssize_t)sizeof(fresh))
+        return -1;
+    memcpy(secret, fresh, sizeof(fresh));
+    return 0;
 }
 
+int mpt_cookie_init(struct mpt_cookie_jar *j, int64_t now_ns)
+{
+    memset(j, 0, sizeof(*j));
+    if (draw(j->secret[0], 0) < 0 || draw(j->secret[1], 0) < 0 || draw(j->source_key, 0) < 0)
+        return -1;
+    j->keyed = 1;
+    j->rotated_ns = now_ns;
+    return 0;
+}
+
+/* Rotations run in the datapath thread: never wait for randomness there.
+ * Should none come, the old secret stays (still secret, only older). */
 static void rotate(struct mpt_cookie_jar *j, int64_t now)
 {
-    if (!j->keyed || now - j->rotated_ns >= 2 * ROTATE_NS) {
-        draw(j->secret[0]);        /* the previous secret is too old as well */
-        draw(j->secret[1]);
-        j->keyed = 1;
+    if (now - j->rotated_ns >= 2 * ROTATE_NS) {
+        draw(j->secret[0], GRND_NONBLOCK);   /* the previous secret is too old as well */
+        draw(j->secret[1], GRND_NONBLOCK);
         j->rotated_ns = now;
     } else if (now - j->rotated_ns >= ROTATE_NS) {
         j->current ^= 1;
-        draw(j->secret[j->current]);
+        draw(j->secret[j->current], GRND_NONBLOCK);
         j->rotated_ns = now;
     }
+}
+
+static const uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+uint32_t mpt_cookie_source_slot(const struct mpt_cookie_jar *j, const void *addr,
+                                uint32_t addrlen, uint32_t nslots)
+{
+    uint8_t buf[19], h[8];
+    size_t n = canonical(addr, addrlen, buf);
+    if (n == 0 || nslots == 0)
+        return 0;
+    /* family and address, without the port; IPv6: the /64, but an
+     * IPv4-mapped address (a dual-stack socket) as the IPv4 address */
+    if (n == 19 && memcmp(buf + 3, v4_mapped, sizeof(v4_mapped)) == 0) {
+        buf[0] = 4;
+        memmove(buf + 3, buf + 15, 4);
+        n = 7;
+    }
+    buf[2] = buf[0];
+    mpt_siphash(j->source_key, buf + 2, n == 7 ? 5 : 9, h, sizeof(h));
+    return (uint32_t)(((uint64_t)h[0] | (uint64_t)h[1] << 8 | (uint64_t)h[2] << 16
+                       | (uint64_t)h[3] << 24) % nslots);
 }
 
 int mpt_cookie_make(struct mpt_cookie_jar *j, const void *addr, uint32_t addrlen,
@@ -122,7 +155,7 @@ int mpt_cookie_make(struct mpt_cookie_jar *j, const void *addr, uint32_t addrlen
 {
     uint8_t buf[19];
     size_t n = canonical(addr, addrlen, buf);
-    if (n == 0)
+    if (n == 0 || !j->keyed)
         return -1;
     rotate(j, now_ns);
     mpt_siphash(j->secret[j->current], buf, n, out, MPT_COOKIE_LEN);
@@ -135,7 +168,7 @@ int mpt_cookie_check(struct mpt_cookie_jar *j, const void *addr, uint32_t addrle
     uint8_t buf[19], want[MPT_COOKIE_LEN];
     size_t n = canonical(addr, addrlen, buf);
     int ok = 0;
-    if (n == 0)
+    if (n == 0 || !j->keyed)
         return 0;
     rotate(j, now_ns);
     for (int s = 0; s < 2; s++) {
@@ -151,8 +184,10 @@ int mpt_cookie_check(struct mpt_cookie_jar *j, const void *addr, uint32_t addrle
 static const uint8_t init_head[6] = {'M', 'P', 'T', 'H', 1, 1};
 static const uint8_t reply_head[6] = {'M', 'P', 'T', 'H', 1, 3};
 
-int mpt_hs_init_kind(const uint8_t *body, size_t len)
+int mpt_hs_kind(const uint8_t *body, size_t len)
 {
+    if (len == MPT_HS_COOKIE_REPLY_LEN && memcmp(body, reply_head, sizeof(reply_head)) == 0)
+        return MPT_HS_COOKIE_REPLY;
     if (len != MPT_HS_INIT_LEN && len != MPT_HS_INIT_LEN + MPT_COOKIE_LEN)
         return MPT_HS_NOT_INIT;
     if (memcmp(body, init_head, sizeof(init_head)) != 0)
@@ -164,7 +199,8 @@ int mpt_cookie_reply(struct mpt_cookie_jar *j, const void *addr, uint32_t addrle
                      int64_t now_ns, const uint8_t *body, size_t len,
                      uint8_t out[MPT_HS_COOKIE_REPLY_LEN])
 {
-    if (mpt_hs_init_kind(body, len) == MPT_HS_NOT_INIT)
+    int kind = mpt_hs_kind(body, len);
+    if (kind != MPT_HS_INIT && kind != MPT_HS_INIT_COOKIE)
         return -1;
     memcpy(out, reply_head, sizeof(reply_head));
     memcpy(out + sizeof(reply_head), body + MPT_HS_NONCE_OFFSET, MPT_HS_NONCE_LEN);

@@ -1,4 +1,5 @@
-/* Handshake cookies: proof that a handshake's source address can receive.
+/* Handshake cookies: proof that a handshake's source address can receive;
+ * and the keyed hash that picks a handshake source's rate-limit bucket.
  *
  * A flood of handshakes from forged source addresses would use up the
  * server's handshake rate limit and lock real clients out.  Under load, the
@@ -10,8 +11,15 @@
  *
  * cookie = SipHash-2-4 with 128-bit output (Aumasson and Bernstein), keyed
  * with a random secret, over the source address and port.  The secret
- * changes every MPT_COOKIE_ROTATE_NS and the previous one still counts, so a
- * cookie is good for at least that long; nothing is kept per client. */
+ * changes every MPT_COOKIE_ROTATE_S and the previous one still counts, so a
+ * cookie is good for at least that long; nothing is kept per client.
+ *
+ * Limits of the scheme: the server sends at most a bounded number of cookie
+ * replies per second (mpt_receive.c), so above that rate of forged inits a
+ * client's init gets its cookie only with that share; and a forger who can
+ * receive at many addresses gets cookies for them all (the per-source
+ * buckets group IPv6 sources by /64, keyed, so that this costs it addresses
+ * it really holds). */
 #ifndef MPT_COOKIE_H
 #define MPT_COOKIE_H
 
@@ -33,17 +41,28 @@
 #define MPT_HS_NOT_INIT 0
 #define MPT_HS_INIT 1                /* without a cookie */
 #define MPT_HS_INIT_COOKIE 2         /* with one: its last MPT_COOKIE_LEN bytes */
+#define MPT_HS_COOKIE_REPLY 3        /* kind 3, MPT_HS_COOKIE_REPLY_LEN bytes */
+#define MPT_HS_COOKIE_NONCE_OFFSET 6
 
 struct mpt_cookie_jar {
     uint8_t secret[2][16];
+    uint8_t source_key[16];   /* keys mpt_cookie_source_slot */
     int32_t current;          /* index of the secret new cookies use */
-    int32_t keyed;            /* 0 until the first cookie is made or checked */
+    int32_t keyed;            /* mpt_cookie_init succeeded: else no cookies at all */
     int64_t rotated_ns;       /* when secret[current] was drawn */
 };
 
+/* Draw the secrets (getrandom; may wait for the kernel's pool at boot).
+ * Returns 0, or -1 if the kernel gives no randomness: then the jar makes no
+ * cookie and accepts none. */
+int mpt_cookie_init(struct mpt_cookie_jar *j, int64_t now_ns);
+/* The rate-limit bucket (0..nslots-1) of a source address: a keyed hash of
+ * the IPv4 address or the IPv6 /64, the port left out. */
+uint32_t mpt_cookie_source_slot(const struct mpt_cookie_jar *j, const void *addr,
+                                uint32_t addrlen, uint32_t nslots);
 /* The cookie for a source address (a struct sockaddr_in or sockaddr_in6 of
  * addrlen bytes) at time now_ns.  Returns 0, or -1 if the address is not
- * one of those (out untouched). */
+ * one of those or the jar has no secrets (out untouched). */
 int mpt_cookie_make(struct mpt_cookie_jar *j, const void *addr, uint32_t addrlen,
                     int64_t now_ns, uint8_t out[MPT_COOKIE_LEN]);
 /* 1 if `cookie` is the one of this address under the current or the
@@ -52,7 +71,7 @@ int mpt_cookie_check(struct mpt_cookie_jar *j, const void *addr, uint32_t addrle
                      int64_t now_ns, const uint8_t cookie[MPT_COOKIE_LEN]);
 /* Which of the MPT_HS_* a handshake body of len bytes is (its length and
  * first bytes only; nothing is verified). */
-int mpt_hs_init_kind(const uint8_t *body, size_t len);
+int mpt_hs_kind(const uint8_t *body, size_t len);
 /* The cookie reply to an init (body of len bytes) from addr: writes
  * MPT_HS_COOKIE_REPLY_LEN bytes to out; returns 0, or -1 if there is none
  * to give (not an init, or an address mpt_cookie_make refuses). */

@@ -34,6 +34,10 @@ struct mpt_dp *mpt_dp_new(int tun_fd, int ctrl_fd, int listen_fd, uint32_t hold_
     dp->hold_ns = (int64_t)hold_us * 1000;
     dp->alive_ns = (int64_t)alive_ms * 1000000;
     mpt_fq_init(&dp->backlog.fq);
+    if (mpt_cookie_init(&dp->hs_limit.jar, mpt_now_ns()) < 0) {
+        free(dp);                  /* no randomness: no secret to make cookies with */
+        return NULL;
+    }
     pthread_mutex_init(&dp->lock, NULL);
     pthread_cond_init(&dp->synced, NULL);
     dp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -281,6 +285,15 @@ void mpt_dp_set_measure(struct mpt_dp *dp, int peer, int idx, double capacity_bp
     if (!p)
         return;
     mpt_sched_set_measure(&p->sched, idx, capacity_bps, delay_us);
+    pthread_mutex_unlock(&dp->lock);
+}
+
+void mpt_dp_set_init_nonce(struct mpt_dp *dp, const uint8_t *nonce)
+{
+    pthread_mutex_lock(&dp->lock);
+    dp->init_nonce_set = nonce != NULL;
+    if (nonce)
+        memcpy(dp->init_nonce, nonce, MPT_HS_NONCE_LEN);
     pthread_mutex_unlock(&dp->lock);
 }
 

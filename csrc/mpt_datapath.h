@@ -65,6 +65,7 @@ struct mpt_counters {
     uint64_t handshake_rx;       /* handshake packets passed to Python */
     uint64_t handshake_cookies_sent;  /* cookie replies to inits over the rate limit */
     uint64_t handshake_cookies_valid; /* inits that came back with a valid cookie */
+    uint64_t drop_cookie_unasked;     /* client: cookie replies to no init of ours */
     uint64_t reorder_held;
     uint64_t reorder_skipped;    /* sequence numbers given up as lost */
     uint64_t reorder_timeouts;
@@ -140,6 +141,9 @@ uint32_t mpt_dp_get_peer(struct mpt_dp *dp, int peer, int idx, uint8_t *addr);
  * auto mode's measurements (mpt_sched.h). */
 void mpt_dp_set_sched_mode(struct mpt_dp *dp, int peer, int mode);
 void mpt_dp_set_rate(struct mpt_dp *dp, int peer, int idx, double rate_bps, double burst_bytes);
+/* Client: the nonce (MPT_HS_NONCE_LEN bytes) of the init it sends now, or
+ * NULL for none; a cookie reply must echo it (mpt_cookie.h). */
+void mpt_dp_set_init_nonce(struct mpt_dp *dp, const uint8_t *nonce);
 /* Auto: may traffic beyond the measured capacities overflow (mpt_sched.h)? */
 void mpt_dp_set_overflow(struct mpt_dp *dp, int peer, int on);
 void mpt_dp_set_measure(struct mpt_dp *dp, int peer, int idx, double capacity_bps,

@@ -109,6 +109,8 @@ struct mpt_dp {
 
     struct mpt_counters counters;  /* what no peer can be blamed for */
     struct mpt_hs_limit hs_limit;
+    int init_nonce_set;            /* client: the nonce of its current init */
+    uint8_t init_nonce[MPT_HS_NONCE_LEN];
 
     /* Preallocated packet buffers: nothing is allocated per packet. */
     uint8_t tx_buf[MPT_BATCH][MPT_BUF_LEN];

@@ -76,16 +76,6 @@ static int take_token(struct mpt_token_bucket *b, double rate, double burst, int
     return 1;
 }
 
-/* The per-source bucket of a datagram's address (the port left out). */
-static unsigned source_slot(const uint8_t *a, socklen_t n)
-{
-    uint32_t h = 2166136261u;
-    /* FNV-1a over bytes 4.. of sockaddr_in, 8.. of sockaddr_in6 */
-    for (socklen_t j = (n > 16 ? 8 : 4); j < n && j < 24; j++)
-        h = (h ^ a[j]) * 16777619u;
-    return h % MPT_HS_SOURCES;
-}
-
 /* Answer an init we have no room for with the cookie of its source, from
  * the address it was sent to, never blocking: a smaller datagram than the
  * init, at a bounded rate, so forged sources gain no amplifier. */
@@ -112,29 +102,44 @@ static void send_cookie(struct mpt_dp *dp, int fd, unsigned i, const struct mpt_
         dp->counters.handshake_cookies_sent++;
 }
 
+/* Client: a cookie reply that does not echo our current init.  Dropped
+ * before it costs a token: a forger who knows our address and port can make
+ * the server send us such replies at its full cookie reply rate. */
+static int unasked_cookie(const struct mpt_dp *dp, const uint8_t *pkt, size_t len)
+{
+    const uint8_t *body = pkt + MPT_HDR_LEN;
+    if (mpt_hs_kind(body, len - MPT_HDR_LEN) != MPT_HS_COOKIE_REPLY)
+        return 0;
+    return !dp->init_nonce_set
+        || memcmp(body + MPT_HS_COOKIE_NONCE_OFFSET, dp->init_nonce, MPT_HS_NONCE_LEN) != 0;
+}
+
 /* Handshakes cost the Python side a MAC per configured peer: a flood of
  * them must not starve it, and one source must not starve the others.
- * The server lets an init with a valid cookie in under limits of its own;
- * one without, when there is no room, gets a cookie to come back with. */
+ * The server lets an init with a valid cookie in under limits of its own
+ * (and the shared ones if those are used up); one without, when there is
+ * no room, gets a cookie to come back with. */
 static int handshake_admitted(struct mpt_dp *dp, int fd, unsigned i, const struct mpt_hdr *h,
                               const uint8_t *pkt, size_t len, int64_t now)
 {
     struct mpt_hs_limit *l = &dp->hs_limit;
     const void *from = &dp->rx_from[i];
     socklen_t fromlen = dp->rx_msgs[i].msg_hdr.msg_namelen;
-    unsigned k = source_slot(from, fromlen);
-    int kind = dp->server ? mpt_hs_init_kind(pkt + MPT_HDR_LEN, len - MPT_HDR_LEN)
-                          : MPT_HS_NOT_INIT;
+    unsigned k = mpt_cookie_source_slot(&l->jar, from, fromlen, MPT_HS_SOURCES);
+    int kind = dp->server ? mpt_hs_kind(pkt + MPT_HDR_LEN, len - MPT_HDR_LEN) : MPT_HS_NOT_INIT;
+    int cookie_ok = 0;
     if (kind == MPT_HS_INIT_COOKIE
-        && mpt_cookie_check(&l->jar, from, fromlen, now, pkt + len - MPT_COOKIE_LEN)) {
+               && mpt_cookie_check(&l->jar, from, fromlen, now, pkt + len - MPT_COOKIE_LEN)) {
         dp->counters.handshake_cookies_valid++;
-        return take_token(&l->cookie_source[k], HS_RATE_SOURCE, HS_BURST_SOURCE, now)
-            && take_token(&l->cookie_all, HS_RATE_ALL, HS_BURST_ALL, now);
+        cookie_ok = 1;
+        if (take_token(&l->cookie_source[k], HS_RATE_SOURCE, HS_BURST_SOURCE, now)
+            && take_token(&l->cookie_all, HS_RATE_ALL, HS_BURST_ALL, now))
+            return 1;
     }
     if (take_token(&l->source[k], HS_RATE_SOURCE, HS_BURST_SOURCE, now)
         && take_token(&l->all, HS_RATE_ALL, HS_BURST_ALL, now))
         return 1;
-    if (kind != MPT_HS_NOT_INIT)
+    if (!cookie_ok && (kind == MPT_HS_INIT || kind == MPT_HS_INIT_COOKIE))
         send_cookie(dp, fd, i, h, pkt, len, now);
     return 0;
 }
@@ -229,6 +234,10 @@ static void receive_one(struct mpt_dp *dp, int fd, unsigned i, int64_t now)
         return;
     }
     if (h.type == MPT_TYPE_HANDSHAKE) {
+        if (!dp->server && unasked_cookie(dp, pkt, len)) {
+            dp->counters.drop_cookie_unasked++;
+            return;
+        }
         if (!handshake_admitted(dp, fd, i, &h, pkt, len, now)) {
             dp->counters.drop_handshake_rate++;
             return;

@@ -134,6 +134,7 @@ class Peer:
     initiator: handshake.Initiator | None = None
     init_sent: float = -math.inf
     init_started: float = 0.0
+    nonce_pushed: bytes | None = None           # the init nonce the datapath knows
     rekeying: bool = False
     packets_sent: int = 0                       # data and control, at the last tick
     tx_at_key: int = 0                          # packets_sent when the keys were installed
@@ -456,12 +457,19 @@ class Daemon:
               and now - peer.init_started > HANDSHAKE_RESTART):
             peer.initiator.restart()   # a fresh attempt: nothing to keep consistent
             peer.init_started, peer.init_sent = now, -math.inf
+        nonce = peer.initiator.nonce if peer.initiator is not None else None
+        if nonce != peer.nonce_pushed:     # the datapath drops cookie replies to other inits
+            self.dp.set_init_nonce(nonce)
+            peer.nonce_pushed = nonce
         if peer.initiator is not None and now - peer.init_sent >= handshake.HANDSHAKE_RETRY_S:
             peer.init_sent = now
             for p in peer.paths.values():
                 if p.health.link_ok:
-                    cookie = p.cookie if now - p.cookie_at < handshake.COOKIE_USE_S else b""
-                    self._send_handshake(p, peer.initiator.init_message() + cookie)
+                    self._send_init(peer, p, now)
+
+    def _send_init(self, peer: Peer, p: Path, now: float) -> None:
+        cookie = p.cookie if now - p.cookie_at < handshake.COOKIE_USE_S else b""
+        self._send_handshake(p, peer.initiator.init_message() + cookie)
 
     def _on_handshake(self, fd: int, pkt: bytes, src, reply_to, raw_addr, local) -> None:
         body = pkt[wire.HDR_LEN:]
@@ -529,8 +537,11 @@ class Daemon:
         if now - p.cookie_at >= handshake.COOKIE_USE_S:
             log.info("path %s: the server is refusing handshakes under load; "
                      "retrying with its cookie", p.name)
+        fresh = cookie != p.cookie
         p.cookie, p.cookie_at = cookie, now
         self.cookies_received += 1
+        if fresh:        # at once, not at the next retry (one resend per new cookie)
+            self._send_init(peer, p, now)
 
     def _server_handshake(self, body: bytes, src, reply_to, raw_addr, local, idx: int) -> None:
         live = False

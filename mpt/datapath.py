@@ -71,7 +71,8 @@ class Datapath:
         self._dp = lib.mpt_dp_new(tun_fd, ctrl_fd, listen_fd, int(hold * 1e6),
                                   max(1, int(alive * 1e3)))
         if self._dp == ffi.NULL:
-            raise MemoryError("cannot allocate the datapath")
+            raise MemoryError("cannot create the datapath (out of memory, or the kernel "
+                              "gives no random bytes for its handshake cookies)")
         self._snap = ffi.new("struct mpt_counters *")
 
     def start(self) -> None:
@@ -136,6 +137,11 @@ class Datapath:
 
     def set_measure(self, peer: int, idx: int, capacity_bps: float, delay_s: float) -> None:
         lib.mpt_dp_set_measure(self._dp, peer, idx, float(capacity_bps), float(delay_s) * 1e6)
+
+    def set_init_nonce(self, nonce: bytes | None) -> None:
+        """Client: the nonce of the init it sends now (None: no handshake
+        under way); cookie replies that do not echo it are dropped."""
+        lib.mpt_dp_set_init_nonce(self._dp, nonce if nonce is not None else ffi.NULL)
 
     def set_overflow(self, peer: int, on: bool) -> None:
         """Auto: let traffic beyond the measured capacities overflow onto

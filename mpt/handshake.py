@@ -250,6 +250,11 @@ class Initiator:
         self._init = signed + _mac(self._mac_key, signed)
         self._done: tuple[bytes, SessionKeys] | None = None
 
+    @property
+    def nonce(self) -> bytes:
+        """The current init's nonce (a cookie reply echoes it)."""
+        return _INIT.parse(self._init[:-MAC_LEN]).nonce
+
     def init_message(self) -> bytes:
         """The init body: the same bytes until restart(), so resending it is safe."""
         return self._init
@@ -262,7 +267,7 @@ class Initiator:
             msg = _COOKIE_REPLY.parse(bytes(body))
         except ConstructError:
             raise HandshakeError("handshake cookie: not an mpt cookie reply") from None
-        if not hmac.compare_digest(msg.nonce, _INIT.parse(self._init[:-MAC_LEN]).nonce):
+        if not hmac.compare_digest(msg.nonce, self.nonce):
             raise HandshakeError("handshake cookie: does not answer our current init")
         return msg.cookie
 

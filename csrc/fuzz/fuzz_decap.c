@@ -266,6 +266,7 @@ static void reset(uint8_t settings)
             }
         }
         memset(&S.dp[d]->hs_limit, 0, sizeof(S.dp[d]->hs_limit));
+        CHECK(mpt_cookie_init(&S.dp[d]->hs_limit.jar, T0_NS) == 0);
     }
 }
 

@@ -44,8 +44,9 @@ def test_layout_constants_match_the_python_side():
 
 
 class Jar:
-    def __init__(self):
+    def __init__(self, now: int = S):
         self.j = ffi.new("struct mpt_cookie_jar *")
+        assert lib.mpt_cookie_init(self.j, now) == 0
 
     def make(self, addr: bytes, now: int) -> bytes:
         out = ffi.new("uint8_t[16]")
@@ -85,6 +86,27 @@ def test_a_cookie_lasts_one_rotation_then_expires():
     assert not quiet.check(a, S + 2 * rotate, cookie)   # a long quiet spell: both secrets new
 
 
+def test_a_jar_without_secrets_makes_and_accepts_no_cookie():
+    j, out = ffi.new("struct mpt_cookie_jar *"), ffi.new("uint8_t[16]")   # init failed
+    a = pack_sockaddr("198.18.0.1", 4000)
+    assert lib.mpt_cookie_make(j, a, len(a), S, out) == -1
+    assert lib.mpt_cookie_check(j, a, len(a), S, bytes(16)) == 0
+
+
+def test_source_slots_group_by_address_and_ipv6_slash_64_under_a_key():
+    jar, other = Jar(), Jar()
+    slot = lambda j, host, port=1: lib.mpt_cookie_source_slot(   # noqa: E731
+        j.j, pack_sockaddr(host, port), len(pack_sockaddr(host, port)), 256)
+    assert slot(jar, "198.18.0.1", 1) == slot(jar, "198.18.0.1", 2)       # the port left out
+    assert slot(jar, "198.18.0.1") == slot(jar, "::ffff:198.18.0.1")      # dual-stack socket
+    assert slot(jar, "2001:2::1") == slot(jar, "2001:2::ffff:1234")       # one /64
+    hosts = [f"198.18.0.{k}" for k in range(1, 65)]
+    spread = {slot(jar, h) for h in hosts}
+    assert len(spread) > 40                      # 64 addresses over 256 slots
+    assert [slot(jar, h) for h in hosts] != [slot(other, h) for h in hosts]   # keyed
+    assert len({slot(jar, f"2001:2:0:{k:x}::1") for k in range(64)}) > 40
+
+
 def test_addresses_that_are_not_ip_get_no_cookie():
     jar, out = Jar(), ffi.new("uint8_t[16]")
     for raw in (b"", b"\x02", pack_sockaddr("198.18.0.1", 1)[:15],
@@ -97,15 +119,19 @@ def test_only_inits_are_recognised_and_answered():
     init = hs.Initiator(bytes(32), 7, 1).init_message()
     jar, out = Jar(), ffi.new("uint8_t[38]")
     a = pack_sockaddr("198.18.0.1", 4000)
-    assert lib.mpt_hs_init_kind(init, len(init)) == lib.MPT_HS_INIT
-    assert lib.mpt_hs_init_kind(init + bytes(16), len(init) + 16) == lib.MPT_HS_INIT_COOKIE
+    assert lib.mpt_hs_kind(init, len(init)) == lib.MPT_HS_INIT
+    assert lib.mpt_hs_kind(init + bytes(16), len(init) + 16) == lib.MPT_HS_INIT_COOKIE
     for bad in (init[:-1], init + bytes(1), init + bytes(17), b"MPTH\x01\x02" + init[6:],
                 b"MPTH\x02\x01" + init[6:], b"XPTH" + init[4:]):
-        assert lib.mpt_hs_init_kind(bad, len(bad)) == lib.MPT_HS_NOT_INIT
+        assert lib.mpt_hs_kind(bad, len(bad)) == lib.MPT_HS_NOT_INIT
         assert lib.mpt_cookie_reply(jar.j, a, len(a), S, bad, len(bad), out) == -1
     assert lib.mpt_cookie_reply(jar.j, a, len(a), S, init, len(init), out) == 0
     reply = bytes(out)
     assert hs.message_kind(reply) == "cookie"
+    assert lib.mpt_hs_kind(reply, len(reply)) == lib.MPT_HS_COOKIE_REPLY
+    assert lib.mpt_cookie_reply(jar.j, a, len(a), S, reply, len(reply), out) == -1
+    for bad in (reply[:-1], reply + b"\0", b"MPTH\x01\x04" + reply[6:]):
+        assert lib.mpt_hs_kind(bad, len(bad)) == lib.MPT_HS_NOT_INIT
     assert reply[6:22] == init[9:25]                  # the init's nonce, echoed
     assert jar.check(a, S, reply[22:])
 
@@ -131,30 +157,41 @@ def recv_n(sock, n: int) -> list[bytes]:
     return out
 
 
-@pytest.fixture
-def server():
+FLOODERS = 150          # forged sources, one loopback address each
+HS_BURST_ALL, HS_RATE_ALL = 100, 500        # csrc/mpt_receive.c: the shared limit
+
+
+def pairs():
     tun_dp, tun_test = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ctrl_dp, ctrl_py = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ctrl_dp.setblocking(False)
-    ctrl_py.setblocking(False)
+    for sock in (ctrl_dp, ctrl_py):
+        sock.setblocking(False)
+    return [tun_dp, tun_test, ctrl_dp, ctrl_py]
+
+
+@pytest.fixture
+def server():
+    socks = pairs()
+    tun_dp, _, ctrl_dp, ctrl_py = socks
     listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     listen.bind(("127.0.0.1", 0))
     listen.setblocking(False)
+    t0 = time.monotonic()        # the shared bucket is full from here on
     dp = Datapath(tun_dp.fileno(), ctrl_dp.fileno(), listen.fileno(), 0.05, 1.0)
     dp.add_peer(0)
     dp.start()
-    # forged sources: each its own loopback address (127.0.0.0/8 is all local)
     flooders = []
-    for k in range(200):
+    for k in range(FLOODERS):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((f"127.0.{2 + k // 250}.{1 + k % 250}", 0))
+        s.bind((f"127.0.2.{1 + k}", 0))
         flooders.append(s)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.1.1", 0))
     client.setblocking(False)
-    yield dict(dp=dp, ctrl=ctrl_py, to=listen.getsockname(), flooders=flooders, client=client)
+    yield dict(dp=dp, ctrl=ctrl_py, to=listen.getsockname(), flooders=flooders, client=client,
+               t0=t0)
     dp.close()
-    for s in [tun_dp, tun_test, ctrl_dp, ctrl_py, listen, client] + flooders:
+    for s in socks + [listen, client] + flooders:
         s.close()
 
 
@@ -178,11 +215,11 @@ def wait_handled(dp, n: int) -> None:
 def flood_around(env, pkt: bytes, rounds: int = 3) -> list[bytes]:
     """Every forged source sends `rounds` inits, the client's packet right
     after those of the middle round (the shared limit is used up when it
-    arrives); once the datapath has handled them all, the handshake bodies it
-    passed to Python.  Round by round: the listen socket's buffer holds one."""
-    hdr, dp = wire.handshake_header(0), env["dp"]
-    total, passed = handled(dp), dp.counters()["handshake_rx"]
+    arrives); the handshake bodies the datapath passed to Python.  Round by
+    round, reading what it passed each time, so no socket buffer overflows."""
+    hdr, dp, got = wire.handshake_header(0), env["dp"], []
     for r in range(rounds):
+        total, passed = handled(dp), dp.counters()["handshake_rx"]
         for s in env["flooders"]:
             s.sendto(hdr + an_init(), env["to"])
         total += len(env["flooders"])
@@ -190,10 +227,19 @@ def flood_around(env, pkt: bytes, rounds: int = 3) -> list[bytes]:
             env["client"].sendto(hdr + pkt, env["to"])
             total += 1
         wait_handled(dp, total)
-    passed = dp.counters()["handshake_rx"] - passed     # each counted, then written
-    got = [m[wire.CTRL_META.size + wire.HDR_LEN:] for m in recv_n(env["ctrl"], passed)]
-    assert drain(env["ctrl"]) == []
+        passed = dp.counters()["handshake_rx"] - passed     # each counted, then written
+        got += [m[wire.CTRL_META.size + wire.HDR_LEN:] for m in recv_n(env["ctrl"], passed)]
+    assert drain(env["ctrl"]) == [] and dp.counters()["drop_ctrl_queue"] == 0
     return got
+
+
+def shared_limit_held(env, with_cookie: int = 0) -> None:
+    """What reached Python without a cookie is within the shared bucket's
+    burst and its rate since the datapath started."""
+    c = env["dp"].counters()
+    budget = HS_BURST_ALL + HS_RATE_ALL * (time.monotonic() - env["t0"])
+    assert c["handshake_rx"] - with_cookie <= budget, (c["handshake_rx"], budget)
+    assert c["drop_handshake_rate"] > c["handshake_rx"]     # it was a flood
 
 
 def get_cookie(env) -> tuple[bytes, list[bytes], list[bytes]]:
@@ -218,27 +264,81 @@ def get_cookie(env) -> tuple[bytes, list[bytes], list[bytes]]:
 
 def test_flooded_server_lets_the_init_with_its_cookie_in(server):
     dp = server["dp"]
-    flood = 3 * len(server["flooders"])
-    cookie, _, got = get_cookie(server)
-    assert len(got) < flood / 2                  # the shared limit held the flood back
+    cookie, _, _ = get_cookie(server)
+    shared_limit_held(server)
     c = dp.counters()
     assert c["handshake_cookies_sent"] == c["drop_handshake_rate"]     # every refused init
-    for _ in range(3):      # the same client with the cookie, in the same flood: in
+    for k in range(1, 4):     # the same client with the cookie, in the same flood: in
         init = an_init()
         got = flood_around(server, init + cookie)
         assert init + cookie in got                  # as sent: Python strips the cookie
-        assert len(got) < flood / 2
+        shared_limit_held(server, with_cookie=k)
+        assert drain(server["client"]) == []         # and it is not sent another cookie
     assert dp.counters()["handshake_cookies_valid"] - c["handshake_cookies_valid"] == 3
 
 
 def test_a_cookie_of_another_address_or_a_made_up_one_does_not_count(server):
     dp = server["dp"]
     cookie, _, _ = get_cookie(server)
-    valid, before = dp.counters()["handshake_cookies_valid"], handled(dp)
-    other = server["flooders"][0]              # another source presents the client's cookie
-    other.sendto(wire.handshake_header(0) + an_init() + cookie, server["to"])
-    server["client"].sendto(wire.handshake_header(0) + an_init() + os.urandom(16),
-                            server["to"])
-    server["client"].sendto(wire.handshake_header(0) + an_init() + cookie, server["to"])
-    wait_handled(dp, before + 3)
-    assert dp.counters()["handshake_cookies_valid"] == valid + 1    # the client's own only
+
+    def send(sock, body: bytes) -> int:
+        """How many valid cookies the datapath counted for it."""
+        before, n = dp.counters()["handshake_cookies_valid"], handled(dp)
+        sock.sendto(wire.handshake_header(0) + body, server["to"])
+        wait_handled(dp, n + 1)
+        return dp.counters()["handshake_cookies_valid"] - before
+
+    assert send(server["flooders"][0], an_init() + cookie) == 0     # another source
+    assert send(server["client"], an_init() + os.urandom(16)) == 0   # made up
+    assert send(server["client"], an_init() + cookie) == 1           # its own
+
+
+# --------------------------------------------------------- the client datapath
+
+def test_client_drops_cookie_replies_to_no_init_of_its_own_before_the_limit():
+    """A forger who knows the client's address and port can make the server
+    send it cookie replies at the full reply rate: they must not use up the
+    client's handshake limit for the server's address."""
+    socks = pairs()
+    tun_dp, _, ctrl_dp, ctrl_py = socks
+    path, far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), \
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    path.bind(("127.0.0.1", 0))
+    far.bind(("127.0.0.1", 0))
+    dp = Datapath(tun_dp.fileno(), ctrl_dp.fileno(), -1, 0.05, 1.0)
+    try:
+        dp.add_peer(0)
+        dp.set_path(0, 0, path.fileno(), far.getsockname(), 1.0, True)
+        dp.start()
+        ini = hs.Initiator(bytes(32), 7, 1)
+        ours = b"MPTH\x01\x03" + ini.nonce + os.urandom(16)
+        hdr, to = wire.handshake_header(0), path.getsockname()
+
+        def send(bodies) -> None:
+            n = sum(dp.counters()[k] for k in ("handshake_rx", "drop_handshake_rate",
+                                                 "drop_cookie_unasked"))
+            for b in bodies:
+                far.sendto(hdr + b, to)
+            deadline = time.monotonic() + 5
+            while sum(dp.counters()[k] for k in ("handshake_rx", "drop_handshake_rate",
+                                                   "drop_cookie_unasked")) < n + len(bodies):
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+
+        send([ours])                                  # no handshake under way: unasked
+        dp.set_init_nonce(ini.nonce)
+        send([b"MPTH\x01\x03" + os.urandom(32) for _ in range(200)])
+        c = dp.counters()
+        assert (c["drop_cookie_unasked"], c["handshake_rx"], c["drop_handshake_rate"]) == \
+            (201, 0, 0)
+        send([ours])                                  # the limit is untouched: in
+        msg = recv_n(ctrl_py, 1)[0]
+        assert msg[wire.CTRL_META.size + wire.HDR_LEN:] == ours
+        assert ini.receive_cookie(ours[:]) == ours[22:]
+        dp.set_init_nonce(None)
+        send([ours])
+        assert dp.counters()["drop_cookie_unasked"] == 202
+    finally:
+        dp.close()
+        for s in socks + [path, far]:
+            s.close()

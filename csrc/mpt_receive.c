@@ -129,7 +129,7 @@ static int handshake_admitted(struct mpt_dp *dp, int fd, unsigned i, const struc
     int kind = dp->server ? mpt_hs_kind(pkt + MPT_HDR_LEN, len - MPT_HDR_LEN) : MPT_HS_NOT_INIT;
     int cookie_ok = 0;
     if (kind == MPT_HS_INIT_COOKIE
-               && mpt_cookie_check(&l->jar, from, fromlen, now, pkt + len - MPT_COOKIE_LEN)) {
+        && mpt_cookie_check(&l->jar, from, fromlen, now, pkt + len - MPT_COOKIE_LEN)) {
         dp->counters.handshake_cookies_valid++;
         cookie_ok = 1;
         if (take_token(&l->cookie_source[k], HS_RATE_SOURCE, HS_BURST_SOURCE, now)
